@@ -1,0 +1,1 @@
+"""Depth analyses (spec attnres.md §14)."""

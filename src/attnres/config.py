@@ -1,0 +1,292 @@
+"""The configuration tree: one dataclass per section, filled from defaults < file < overrides.
+
+Stdlib only (plus PyYAML when a YAML file is given). Every key is typed by its field, so an
+override `--train.steps=300` or a TOML value of the wrong type is converted or rejected with one
+line naming the key; an unknown key is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message is one line."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "dense"          # dense (Llama-style); more backbones register in attnres.models
+    preset: str = "tiny"             # fills the shape fields below unless they are set explicitly
+    vocab_size: int = 256            # replaced by the tokenizer's vocabulary at build time
+    d_model: int = 0                 # 0 = take from the preset
+    n_layers: int = 0
+    n_heads: int = 0
+    n_kv_heads: int = 0
+    d_ff: int = 0
+    max_seq_len: int = 0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+
+@dataclass
+class ResidualConfig:
+    kind: str = "prenorm"            # prenorm | attnres
+
+
+@dataclass
+class AttnResConfig:
+    mode: str = "block"              # block | full (full = block with block_size 1)
+    block_size: int = 4              # S, in sublayers
+    num_blocks: int = 0              # if > 0: S = ceil(L / N), overriding block_size
+    eps: float = 1e-6
+    impl: str = "recompute"          # recompute | two_phase | naive (reference)
+    two_phase_group: int = 8         # scheduling group of Full AttnRes under two_phase
+    state_dtype: str = "float32"     # float32 | model: dtype of sources and of the baseline stream
+
+
+@dataclass
+class OptimConfig:
+    name: str = "muon"               # muon (Muon + AdamW routing) | adamw (AdamW only)
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    muon_impl: str = "ours"          # ours | torch (torch.optim.Muon, 2-D units only)
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "wsd"                # wsd | cosine | constant
+    warmup_steps: int = -1           # -1 = max(1, round(0.02 * steps))
+    decay_frac: float = 0.2
+    final_ratio: float = 0.1
+    shape: str = "cosine"            # WSD decay shape: cosine | linear | sqrt
+
+
+@dataclass
+class DataConfig:
+    source: str = "shakespeare"      # shakespeare (bundled) | a text file | a folder | a .jsonl
+    tokenizer: str = "byte"          # byte | bpe
+    vocab_size: int = 0              # BPE only; 0 = 4096
+    val_fraction: float = 0.05
+    cache_dir: str = "cache/tokens"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8
+    seq_len: int = 0                 # 0 = the preset's context length
+    seed: int = 0                    # model initialisation
+    data_seed: int = 0               # order of training windows
+    eval_every: int = 50
+    eval_batches: int = 8
+    log_every: int = 10
+    ckpt_every: int = 0              # 0 = only at the end
+    out_dir: str = "runs/train"
+    device: str = "auto"             # auto = cuda when available, else cpu
+    dtype: str = "float32"           # float32 | bfloat16 (autocast compute dtype; master weights fp32)
+    progress: bool = True
+    analysis: bool = True            # depth analyses on a validation batch after training
+    tensorboard: bool = True         # written when the tensorboard package is installed
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    attnres: AttnResConfig = field(default_factory=AttnResConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    ("model", "backbone"): ("dense", "kimi-linear"),
+    ("residual", "kind"): ("prenorm", "attnres"),
+    ("attnres", "mode"): ("block", "full"),
+    ("attnres", "impl"): ("recompute", "two_phase", "naive", "reference"),
+    ("attnres", "state_dtype"): ("float32", "model"),
+    ("optim", "name"): ("muon", "adamw"),
+    ("optim", "muon_impl"): ("ours", "torch"),
+    ("sched", "kind"): ("wsd", "cosine", "constant"),
+    ("sched", "shape"): ("cosine", "linear", "sqrt"),
+    ("data", "tokenizer"): ("byte", "bpe"),
+    ("train", "dtype"): ("float32", "bfloat16"),
+}
+
+_POSITIVE = {("attnres", "block_size"), ("attnres", "two_phase_group"), ("train", "steps"),
+             ("train", "batch_size"), ("train", "eval_batches"), ("train", "log_every"),
+             ("optim", "ns_steps")}
+
+
+def check(cfg: Config) -> None:
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(choices)}")
+    for section, key in _POSITIVE:
+        value = getattr(getattr(cfg, section), key)
+        if value < 1:
+            raise ConfigError(f"{section}.{key} must be >= 1, got {value}")
+    if not 0.0 < cfg.data.val_fraction < 0.5:
+        raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+
+
+# --- building a Config from nested dicts, files and dotted overrides ------------------------
+
+def from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from a nested dict; unknown sections/keys are one-line errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of sections, got {type(data).__name__}")
+    sections = {}
+    for f in dataclasses.fields(Config):
+        sections[f.name] = _SECTION_TYPES[f.name]
+    kwargs = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"{where}: unknown section {name!r}{_suggest(name, sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {name!r} must be a table, got {values!r}")
+        kwargs[name] = _build_section(sections[name], values, f"{where}: {name}")
+    return Config(**kwargs)
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         base: dict[str, Any] | None = None) -> Config:
+    """Defaults < `base` (e.g. a preset's dict) < the file at `path` < `overrides` ("a.b=v")."""
+    data: dict[str, Any] = _deep_copy(base or {})
+    if path is not None:
+        _merge(data, read_file(path))
+    for item in overrides or []:
+        section, key, value = _parse_override(item)
+        data.setdefault(section, {})[key] = value
+    return from_dict(data, where=str(path) if path else "config")
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+            return data
+        if path.suffix == ".json":
+            return json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot parse: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # yaml.YAMLError lives in an optional import
+        raise ConfigError(f"{path}: cannot parse: {str(err).splitlines()[0]}") from None
+    raise ConfigError(f"{path}: unknown config format {path.suffix!r} (use .toml, .yaml or .json)")
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    key, sep, raw = item.partition("=")
+    parts = key.strip().lstrip("-").split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    return parts[0], parts[1], _Raw(raw.strip())
+
+
+class _Raw(str):
+    """A value given on the command line as text; converted by the field's type."""
+
+
+_SECTION_TYPES = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
+
+
+def _build_section(cls, values: dict[str, Any], where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, names)}")
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _convert(value: Any, typ: Any, where: str) -> Any:
+    origin = typing.get_origin(typ)
+    if isinstance(value, _Raw):
+        if typ is str:
+            return str(value)
+        try:
+            value = json.loads(value) if value not in ("true", "false") else value == "true"
+        except json.JSONDecodeError:
+            if typ is bool:
+                raise ConfigError(f"{where}: expected true or false, got {str(value)!r}") from None
+            raise ConfigError(f"{where}: cannot read {str(value)!r} as {_type_name(typ)}") from None
+    if origin is tuple:
+        args = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_convert(v, a, where) for v, a in zip(value, args))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", str(typ))
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _deep_copy(d: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}

@@ -1,0 +1,1 @@
+"""Experiments: the baseline / Full / Block comparison, plots and reports."""

@@ -1,0 +1,249 @@
+"""`attnres compare`: the paper's central experiment at toy scale.
+
+The same backbone is trained with the standard PreNorm residual (baseline), Full AttnRes and
+Block AttnRes: identical initial backbone weights (same seed, invariant I13), identical data
+order and hyperparameters. Each arm runs in its own process, so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnres import config as config_mod
+from attnres.config import Config
+from attnres.data import prepare_data
+from attnres.experiments import plots
+from attnres.train.metrics import read_metrics
+
+VARIANTS: dict[str, list[str]] = {
+    "baseline": ["residual.kind=prenorm"],
+    "full": ["residual.kind=attnres", "attnres.mode=full"],
+    "block": ["residual.kind=attnres", "attnres.mode=block"],
+}
+
+
+@dataclass
+class CompareSettings:
+    preset: str = "small"
+    steps: int = 300
+    variants: tuple[str, ...] = ("baseline", "full", "block")
+    block_size: int = 4
+    seeds: tuple[int, ...] = (0,)
+    data: str = "shakespeare"
+    out: str = "runs/compare"
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 8
+    seq_len: int = 0
+    lr: float = 0.0              # 0 = the config default
+    overrides: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+def arm_config(s: CompareSettings, variant: str, seed: int) -> Config:
+    if variant not in VARIANTS:
+        raise config_mod.ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    overrides = [f"model.preset={s.preset}", f"train.steps={s.steps}", f"train.seed={seed}",
+                 f"train.data_seed={seed}", f"attnres.block_size={s.block_size}",
+                 f"train.batch_size={s.batch_size}", f"train.seq_len={s.seq_len}",
+                 f"train.device={s.device}", f"train.dtype={s.dtype}",
+                 f"train.eval_every={max(1, s.steps // 10)}", f"train.log_every={max(1, s.steps // 100)}",
+                 f"train.progress={'true' if s.progress else 'false'}"]
+    overrides.append(f"data.source={s.data}")
+    if s.lr:
+        overrides.append(f"optim.lr={s.lr}")
+    return config_mod.load(overrides=overrides + VARIANTS[variant] + list(s.overrides))
+
+
+def run_compare(s: CompareSettings) -> dict[str, Any]:
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for v in s.variants:
+        arm_config(s, v, s.seeds[0])  # fail fast on a bad variant or override
+    first = arm_config(s, s.variants[0], s.seeds[0])
+    # Tokenise once in this process; the arms find the cache.
+    data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
+                        first.data.val_fraction, first.data.cache_dir)
+    started = time.perf_counter()
+    arms: dict[str, list[dict[str, Any]]] = {v: [] for v in s.variants}
+    for seed in s.seeds:
+        for variant in s.variants:
+            run_dir = out / variant / f"seed-{seed}"
+            cfg = arm_config(s, variant, seed)
+            print(f"== {variant} (seed {seed}) -> {run_dir}", flush=True)
+            arms[variant].append(_run_arm_in_subprocess(cfg, run_dir))
+    summary = _summarise(s, arms, data, time.perf_counter() - started)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_plots(s, out, arms)
+    (out / "report.md").write_text(render_report(summary))
+    return summary
+
+
+def _run_arm(cfg_dict: dict, run_dir: str) -> None:
+    from attnres.train.trainer import Trainer
+    cfg = config_mod.from_dict(cfg_dict)
+    torch.set_num_threads(torch.get_num_threads())
+    Trainer(cfg, run_dir=run_dir).train()
+
+
+def _run_arm_in_subprocess(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_run_arm, args=(cfg.to_dict(), str(run_dir)))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"arm {run_dir} failed with exit code {proc.exitcode}")
+    result = json.loads((run_dir / "result.json").read_text())
+    result["history"] = [r for r in read_metrics(run_dir / "metrics.jsonl")
+                         if r["kind"] in ("train", "eval")]
+    result["params_detail"] = next(r for r in read_metrics(run_dir / "metrics.jsonl")
+                                   if r["kind"] == "params")
+    analysis = run_dir / "analysis.json"
+    result["analysis"] = json.loads(analysis.read_text()) if analysis.exists() else None
+    return result
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _summarise(s: CompareSettings, arms: dict[str, list[dict]], data, wall: float) -> dict[str, Any]:
+    first = next(iter(arms.values()))[0]
+    variants = {}
+    for name, runs in arms.items():
+        val = [r["val_loss"] for r in runs]
+        variants[name] = {
+            "val_loss": statistics.fmean(val),
+            "val_loss_sd": _stats(val)["sd"],
+            "val_loss_per_seed": val,
+            "val_bpb": statistics.fmean(r["val_bpb"] for r in runs),
+            "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "params": runs[0]["params"],
+            "attnres_params": runs[0]["params_detail"]["attnres"],
+            "wall_s": statistics.fmean(r["wall_s"] for r in runs),
+        }
+    base = arms.get("baseline")
+    if base:
+        for name, runs in arms.items():
+            if name == "baseline":
+                continue
+            diffs = [r["val_loss"] - b["val_loss"] for r, b in zip(runs, base)]
+            variants[name]["delta_vs_baseline"] = _stats(diffs)
+    cfg = arm_config(s, s.variants[0], s.seeds[0])
+    return {
+        "preset": s.preset,
+        "corpus": data.corpus_name,
+        "steps": s.steps,
+        "tokens_per_step": first["history"] and s.batch_size * _seq_len(s, cfg),
+        "seeds": list(s.seeds),
+        "block_size": s.block_size,
+        "n_sublayers": first["params_detail"]["n_sublayers"],
+        "lr": cfg.optim.lr,
+        "optimizer": cfg.optim.name,
+        "schedule": cfg.sched.kind,
+        "device": str(cfg.train.device),
+        "hardware": _hardware(),
+        "wall_s_total": wall,
+        "variants": variants,
+    }
+
+
+def _seq_len(s: CompareSettings, cfg: Config) -> int:
+    from attnres.models.dense import PRESETS
+    return s.seq_len or PRESETS[cfg.model.preset]["max_seq_len"]
+
+
+def _hardware() -> str:
+    cores = mp.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {cores} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def _write_plots(s: CompareSettings, out: Path, arms: dict[str, list[dict]]) -> None:
+    title = f"{s.preset} preset, {s.steps} steps, seeds {list(s.seeds)}"
+    plots.plot_loss_curves({n: [r["history"] for r in runs] for n, runs in arms.items()},
+                           out / "loss_curves.png", title)
+    analyses = {n: runs[0]["analysis"] for n, runs in arms.items() if runs[0]["analysis"]}
+    if analyses:
+        plots.plot_depth_profiles(analyses, out / "depth_profiles.png",
+                                  f"depth analyses on a validation batch after training (seed {s.seeds[0]})")
+        for name, analysis in analyses.items():
+            if analysis.get("depth_weights"):
+                plots.plot_depth_attention(analysis, out / f"depth_attention_{name}.png",
+                                           f"{name}: mean depth-attention weights")
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = ["| variant | params | val loss | Δ vs baseline | val bpb | tokens/s | peak RSS (MB) | wall (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in summary["variants"].items():
+        loss = f"{v['val_loss']:.4f}"
+        if not math.isnan(v.get("val_loss_sd", float("nan"))):
+            loss += f" ± {v['val_loss_sd']:.4f}"
+        delta = "—"
+        if "delta_vs_baseline" in v:
+            d = v["delta_vs_baseline"]
+            delta = f"{d['mean']:+.4f}" + (f" ± {d['sd']:.4f}" if not math.isnan(d["sd"]) else "")
+        rows.append(f"| {name} | {v['params']:,} | {loss} | {delta} | {v['val_bpb']:.4f} | "
+                    f"{v['tokens_per_s']:,.0f} | {v['peak_rss_mb']:.0f} | {v['wall_s']:.0f} |")
+    return "\n".join(rows)
+
+
+def render_report(summary: dict[str, Any]) -> str:
+    seeds = summary["seeds"]
+    lines = [
+        "# AttnRes comparison",
+        "",
+        f"Preset `{summary['preset']}` ({summary['n_sublayers']} sublayers), corpus "
+        f"`{summary['corpus']}`, {summary['steps']} steps × {summary['tokens_per_step']:,} tokens, "
+        f"{summary['optimizer']} at peak LR {summary['lr']}, {summary['schedule']} schedule, "
+        f"Block size S = {summary['block_size']}, seeds {seeds}.",
+        f"Hardware: {summary['hardware']}. Total wall time {summary['wall_s_total']:.0f} s.",
+        "",
+        format_table(summary),
+        "",
+        "Val loss is the mean cross-entropy (nats/token) over fixed validation windows; bpb is bits "
+        "per UTF-8 byte. Δ vs baseline pairs each seed's arm with the baseline of the same seed "
+        "(same initial backbone weights, same data order).",
+        "",
+    ]
+    lines += _spread_paragraph(summary)
+    lines += ["", "## Plots", "", "![loss curves](loss_curves.png)", "",
+              "![depth profiles](depth_profiles.png)", ""]
+    for name in summary["variants"]:
+        if name != "baseline":
+            lines += [f"![{name} depth attention](depth_attention_{name}.png)", ""]
+    return "\n".join(lines)
+
+
+def _spread_paragraph(summary: dict[str, Any]) -> list[str]:
+    variants = summary["variants"]
+    if len(summary["seeds"]) < 2:
+        return ["**Seed spread:** this run used one seed, so it cannot tell a difference from seed "
+                "noise by itself. Re-run with `--seeds 0 1 2` to measure the spread (the defaults' "
+                "measured spread is in docs/RESULTS.md)."]
+    sds = [v["val_loss_sd"] for v in variants.values()]
+    out = [f"**Seed spread:** the standard deviation of the final val loss across seeds is "
+           f"{min(sds):.4f}–{max(sds):.4f} per arm."]
+    for name, v in variants.items():
+        d = v.get("delta_vs_baseline")
+        if d is None:
+            continue
+        verdict = ("larger than" if abs(d["mean"]) > 2 * max(d["sd"], 1e-12) else "not clearly larger than")
+        out.append(f"- {name} − baseline = {d['mean']:+.4f} ± {d['sd']:.4f} (paired, sd over "
+                   f"{d['n']} seeds): {verdict} the paired seed noise "
+                   f"(|mean| {'>' if verdict.startswith('larger') else '≤'} 2 sd).")
+    return out

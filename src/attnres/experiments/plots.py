@@ -1,0 +1,108 @@
+"""PNG plots of a comparison: loss curves, depth profiles and depth-attention maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLORS = {"baseline": "#444444", "full": "#d62728", "block": "#1f77b4"}
+
+
+def _color(name: str, i: int) -> str:
+    return COLORS.get(name, plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10])
+
+
+def plot_loss_curves(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """runs: variant -> list of metric histories (one per seed)."""
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, histories) in enumerate(runs.items()):
+        for k, hist in enumerate(histories):
+            train = [(r["step"], r["loss"]) for r in hist if "loss" in r]
+            val = [(r["step"], r["val_loss"]) for r in hist if "val_loss" in r]
+            label = name if k == 0 else None
+            if train:
+                s, v = zip(*train)
+                ax_train.plot(s, _smooth(np.array(v)), color=_color(name, i), alpha=0.8, label=label)
+            if val:
+                s, v = zip(*val)
+                ax_val.plot(s, v, "o-", color=_color(name, i), alpha=0.8, label=label, ms=3)
+    ax_train.set(title="training loss (smoothed)", xlabel="step", ylabel="loss (nats/token)")
+    ax_val.set(title="validation loss", xlabel="step", ylabel="loss (nats/token)")
+    for ax in (ax_train, ax_val):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_depth_profiles(analyses: dict[str, dict], path: Path, title: str) -> Path:
+    """Per-sublayer output RMS, carried-state RMS and gradient norm (cf. [AR] Fig. 5)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = [("output_rms", "sublayer output RMS  RMS(v_l)", True),
+              ("stream_rms", "carried state RMS after sublayer", True),
+              ("grad_norm", "gradient norm per sublayer", True)]
+    for ax, (key, label, log) in zip(axes, panels):
+        for i, (name, analysis) in enumerate(analyses.items()):
+            values = analysis[key]
+            ax.plot(range(1, len(values) + 1), values, "o-", ms=3, color=_color(name, i), label=name)
+        ax.set(title=label, xlabel="sublayer l")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_depth_attention(analysis: dict, path: Path, title: str) -> Path:
+    """Mean depth-attention weights: rows are reads, columns sources (cf. [AR] Fig. 8).
+
+    Pre-attention reads (odd l) and pre-MLP reads (even l) are shown separately, as the paper
+    does; the final read closes the second map."""
+    weights = analysis["depth_weights"]
+    n_reads = len(weights)
+    width = max(len(w) for w in weights)
+    grid = np.full((n_reads, width), np.nan)
+    for r, w in enumerate(weights):
+        grid[r, :len(w)] = w
+    mixer_rows = list(range(0, n_reads - 1, 2))
+    ffn_rows = list(range(1, n_reads - 1, 2)) + [n_reads - 1]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * n_reads + 2.5))
+    source_label = "source (0 = embedding, i = v_i)" if analysis["block_size"] == 1 else \
+        "source (0 = embedding, n = block b_n or the open partial)"
+    for ax, rows, name in ((axes[0], mixer_rows, "before attention"), (axes[1], ffn_rows, "before MLP / final")):
+        im = ax.imshow(grid[rows], vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([("final" if r == n_reads - 1 else f"l={r + 1}") for r in rows])
+        ax.set_xticks(range(width))
+        ax.set(title=name, xlabel=source_label)
+        for yi, r in enumerate(rows):
+            for xi, value in enumerate(grid[r]):
+                if not np.isnan(value) and width <= 20:
+                    ax.text(xi, yi, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if value < 0.5 else "black")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="mean weight")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _smooth(v: np.ndarray, frac: float = 0.05) -> np.ndarray:
+    k = max(1, int(len(v) * frac))
+    if k == 1:
+        return v
+    kernel = np.ones(k) / k
+    padded = np.concatenate([np.full(k - 1, v[0]), v])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

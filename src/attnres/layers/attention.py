@@ -1,0 +1,85 @@
+"""Causal grouped-query self-attention with rotary positions and an optional KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnres import tags
+
+
+def rotary_tables(head_dim: int, positions: torch.Tensor, theta: float):
+    """cos/sin tables [T, head_dim/2] for the given absolute positions."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                            dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (x[..., :h/2], x[..., h/2:]) of x [B, H, T, h] (the "half" layout)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+class KVCache:
+    """Per-layer keys and values of the tokens seen so far, [B, H_kv, T_seen, h]."""
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0  # tokens already in the cache; advanced by the model after each call
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_theta: float,
+                 layer_index: int):
+        super().__init__()
+        if d_model % n_heads or n_heads % n_kv_heads:
+            raise ValueError(f"attention: d_model {d_model} must divide into n_heads {n_heads}, "
+                             f"and n_heads into n_kv_heads {n_kv_heads}")
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"attention: head_dim {self.head_dim} must be even for rotary")
+        self.rope_theta = rope_theta
+        self.layer_index = layer_index
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            tags.set_group(lin.weight, tags.MUON)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rotary_tables(self.head_dim, torch.arange(start, start + T, device=x.device),
+                                 self.rope_theta)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)
+        if start == 0:
+            mask, causal = None, True
+        else:  # new queries see the whole cache plus the causal part of their own chunk
+            t_all = k.shape[2]
+            q_pos = torch.arange(start, start + T, device=x.device)[:, None]
+            mask, causal = q_pos >= torch.arange(t_all, device=x.device)[None, :], False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))

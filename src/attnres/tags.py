@@ -1,0 +1,24 @@
+"""Optimizer-group tags, set on parameters where they are created.
+
+Routing parameters to Muon or AdamW by name patterns breaks silently when a module is renamed;
+a tag set at creation time cannot. `attnres.optim` reads the tags; nothing here imports torch.
+"""
+
+MUON = "muon"                      # 2-D hidden matrices, 3-D expert stacks (per-expert Muon)
+ADAMW = "adamw"                    # embeddings, head, norm gains, conv filters (weight decay on)
+ADAMW_NO_DECAY = "adamw_no_decay"  # AttnRes parameters, KDA A_log / dt_bias (weight decay 0)
+
+GROUPS = (MUON, ADAMW, ADAMW_NO_DECAY)
+_ATTR = "_attnres_optim_group"
+
+
+def set_group(param, group: str):
+    """Tag `param` for optimizer `group`; returns the parameter so it can wrap a constructor."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown optimizer group {group!r}; expected one of {GROUPS}")
+    setattr(param, _ATTR, group)
+    return param
+
+
+def get_group(param) -> str | None:
+    return getattr(param, _ATTR, None)

@@ -1,0 +1,258 @@
+"""The training loop: one Trainer, built from a Config, that trains, evaluates and checkpoints.
+
+Step order (spec optim.md §8): forward, backward, global grad-norm clip, optimizer step (Muon +
+AdamW), LR schedule, zero grads. A non-finite loss stops the run before anything is saved, so
+the last good checkpoint stays the latest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from attnres import units
+from attnres.analysis.depth import depth_analysis
+from attnres.config import Config, from_dict
+from attnres.data import BatchLoader, TokenData, check_length, eval_batches, prepare_data
+from attnres.data.tokenizer import tokenizer_from_dict
+from attnres.optim import build_optimizer, build_scheduler
+from attnres.train import checkpoint as ckpt
+from attnres.train.build import build_model, model_config, resolve_device
+from attnres.train.metrics import MetricsWriter
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+@dataclass
+class RunResult:
+    step: int
+    val_loss: float
+    val_bpb: float
+    tokens_per_s: float
+    wall_s: float
+    train_s: float
+    peak_rss_mb: float
+    params: int
+    run_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, data: TokenData | None = None,
+                 resume: str | Path | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or cfg.train.out_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.data = data or prepare_data(cfg.data.source, cfg.data.tokenizer,
+                                         cfg.data.vocab_size or None, cfg.data.val_fraction,
+                                         cfg.data.cache_dir)
+        self.model_cfg = model_config(cfg, self.data.tokenizer.vocab_size)
+        self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
+        check_length(self.data.train, self.seq_len, "training split")
+        check_length(self.data.val, self.seq_len, "validation split")
+        self.model = build_model(cfg, self.data.tokenizer.vocab_size).to(self.device)
+        self.optimizer = build_optimizer(
+            self.model, optimizer=cfg.optim.name, lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+            momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, ns_steps=cfg.optim.ns_steps,
+            muon_impl=cfg.optim.muon_impl)
+        warmup = None if cfg.sched.warmup_steps < 0 else cfg.sched.warmup_steps
+        self.scheduler = build_scheduler(self.optimizer, kind=cfg.sched.kind,
+                                         total_steps=cfg.train.steps, warmup_steps=warmup,
+                                         decay_frac=cfg.sched.decay_frac,
+                                         final_ratio=cfg.sched.final_ratio, shape=cfg.sched.shape)
+        self.loader = BatchLoader(self.data.train, cfg.train.batch_size, self.seq_len,
+                                  cfg.train.data_seed)
+        self.eval_set = eval_batches(self.data.val, cfg.train.batch_size, self.seq_len,
+                                     cfg.train.eval_batches)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        if resume is not None:
+            self._resume(resume)
+
+    # --- public -------------------------------------------------------------------------------
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.seq_len
+
+    def meta(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "model": self.model_cfg.__dict__,
+                "tokenizer": self.data.tokenizer.to_dict(), "corpus": self.data.corpus_name,
+                "data_fingerprint": self.data.fingerprint}
+
+    def train(self) -> RunResult:
+        """Train to `train.steps`, save, evaluate, run the depth analyses; return the result."""
+        cfg = self.cfg.train
+        start_wall = time.perf_counter()
+        train_s, trained_tokens = self._loop(cfg.steps)
+        val_loss, val_bpb = self.evaluate()
+        if cfg.analysis:
+            analysis = depth_analysis(self.model, *self.eval_set[0], device=self.device,
+                                      autocast=self.autocast)
+            (self.run_dir / "analysis.json").write_text(json.dumps(analysis))
+        result = RunResult(step=self.step, val_loss=val_loss, val_bpb=val_bpb,
+                           tokens_per_s=trained_tokens / max(train_s, 1e-9),
+                           wall_s=time.perf_counter() - start_wall, train_s=train_s,
+                           peak_rss_mb=peak_memory_mb(self.device),
+                           params=self.model.num_params(), run_dir=str(self.run_dir))
+        with self._metrics() as metrics:
+            metrics.log("final", self.step, **{k: v for k, v in result.to_dict().items() if k != "step"})
+        (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        return result
+
+    def train_steps_only(self, stop_at: int) -> None:
+        """Train up to step `stop_at` and checkpoint, as a run stopped there would have."""
+        self._loop(min(stop_at, self.cfg.train.steps))
+
+    def _loop(self, stop_at: int) -> tuple[float, int]:
+        cfg = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        train_s, trained_tokens = 0.0, 0
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step",
+                   dynamic_ncols=True, desc=self.run_dir.name)
+        with self._metrics() as metrics, bar:
+            if self.step == 0:
+                metrics.log("params", 0, **self.param_counts())
+            while self.step < stop_at:
+                t0 = time.perf_counter()
+                loss, grad_norm, lr = self.train_step()
+                train_s += time.perf_counter() - t0
+                trained_tokens += self.tokens_per_step
+                self.step += 1
+                tok_s = trained_tokens / max(train_s, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                              "tokens": self.step * self.tokens_per_step}
+                    metrics.log("train", self.step, **record)
+                    self.history.append({"step": self.step, **record})
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    val_loss, val_bpb = self.evaluate()
+                    metrics.log("eval", self.step, val_loss=val_loss, val_bpb=val_bpb)
+                    self.history.append({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb})
+                    bar.write(f"{self.run_dir.name} step {self.step}: val loss {val_loss:.4f}, "
+                              f"val bpb {val_bpb:.4f}")
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < stop_at:
+                    self.save()
+        self.save()
+        return train_s, trained_tokens
+
+    @contextlib.contextmanager
+    def _metrics(self):
+        """Metrics are appended across resumes, so a resumed run keeps one continuous log."""
+        fresh = self.step == 0 and not getattr(self, "_metrics_started", False)
+        writer = MetricsWriter(self.run_dir, tensorboard=self.cfg.train.tensorboard, append=not fresh)
+        self._metrics_started = True
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    def train_step(self) -> tuple[float, float, float]:
+        self.model.train()
+        x, y = (t.to(self.device) for t in self.loader.get(self.step))
+        with self.autocast():
+            _, loss = self.model(x, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value} at step {self.step + 1}; stopping "
+                                   f"(the last checkpoint in {self.run_dir} is kept)")
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).item()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if math.isfinite(grad_norm):  # a non-finite gradient skips the update (optim.md §8)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value, grad_norm, lr
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        total = 0.0
+        for x, y in self.eval_set:
+            with self.autocast():
+                _, loss = self.model(x.to(self.device), y.to(self.device))
+            total += loss.item()
+        val_loss = total / len(self.eval_set)
+        bpb = val_loss / math.log(2) / self.data.bytes_per_token_val
+        return val_loss, bpb
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
+                                    self.scheduler, self.meta(),
+                                    extra_state={"data_position": self.step,
+                                                 "history": self.history})
+
+    def autocast(self):
+        if self.cfg.train.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.cfg.train.dtype))
+
+    def param_counts(self) -> dict[str, int]:
+        total = self.model.num_params()
+        attnres = sum(p.numel() for n, p in self.model.named_parameters()
+                      if ".res_" in n or n.startswith("final_res"))
+        return {"params": total, "non_embedding": self.model.num_params(non_embedding=True),
+                "attnres": attnres, "n_sublayers": units.sublayers_from_layers(self.model_cfg.n_layers)}
+
+    # --- resume -------------------------------------------------------------------------------
+
+    def _resume(self, path: str | Path) -> None:
+        where = ckpt.resolve_checkpoint(path)
+        meta = ckpt.load_meta(where)
+        if meta.get("model") != self.model_cfg.__dict__:
+            raise ckpt.CheckpointError(f"{where}: saved for another model configuration; "
+                                       f"resume with the config stored in {where}/meta.json")
+        if meta.get("data_fingerprint") != self.data.fingerprint:
+            raise ckpt.CheckpointError(f"{where}: saved with other training data "
+                                       f"({meta.get('corpus')}); resuming would change the trajectory")
+        ckpt.load_weights(where, self.model)
+        state = ckpt.load_state(where)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise ckpt.CheckpointError(f"{where}/state.pt: cannot restore ({err})") from None
+        self.step = state["step"]
+        self.history = list(state.get("extra", {}).get("history", []))
+
+
+def config_from_checkpoint(path: str | Path) -> tuple[Config, Path, dict[str, Any]]:
+    where = ckpt.resolve_checkpoint(path)
+    meta = ckpt.load_meta(where)
+    return from_dict(meta["config"], where=str(where / "meta.json")), where, meta
+
+
+def load_for_inference(path: str | Path, device: torch.device):
+    """Model (eval mode) and tokenizer from a checkpoint, without data or optimizer."""
+    from attnres.train.build import model_from_meta
+    _, where, meta = config_from_checkpoint(path)
+    model = model_from_meta(meta["model"])
+    ckpt.load_weights(where, model)
+    return model.to(device).eval(), tokenizer_from_dict(meta["tokenizer"])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,32 @@
+"""`attnres compare` end to end at toy size: the arms, the summary, the report and the plots."""
+
+import json
+
+from attnres.cli import main
+
+
+def test_compare_writes_summary_report_and_plots(tmp_path, text_corpus, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--preset", "tiny", "--steps", "4", "--data", str(text_corpus),
+                 "--out", str(out), "--seq-len", "32", "--batch-size", "2", "--block-size", "2",
+                 "--device", "cpu", "--no-progress",
+                 "--set", f"data.cache_dir={tmp_path / 'tok'}", "--set", "model.n_layers=2",
+                 "--set", "train.tensorboard=false"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| baseline |" in printed and "| block |" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"] == "tiny" and summary["steps"] == 4
+    assert summary["tokens_per_step"] == 64
+    for name in ("baseline", "full", "block"):
+        v = summary["variants"][name]
+        for key in ("val_loss", "val_bpb", "tokens_per_s", "peak_rss_mb", "params", "wall_s"):
+            assert key in v and v[key] > 0, (name, key)
+    # same backbone: AttnRes adds exactly 2d(L+1) parameters
+    d, L = 64, 4
+    assert summary["variants"]["full"]["params"] - summary["variants"]["baseline"]["params"] == 2 * d * (L + 1)
+    for png in ("loss_curves.png", "depth_profiles.png", "depth_attention_full.png",
+                "depth_attention_block.png"):
+        assert (out / png).stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "Seed spread" in report and "| full |" in report

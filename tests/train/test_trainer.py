@@ -1,0 +1,110 @@
+"""Training loop: resume continues the same trajectory; failures keep what was saved."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from attnres import config
+from attnres.train import checkpoint as ckpt
+from attnres.train.metrics import read_metrics
+from attnres.train.trainer import Trainer, TrainingDiverged
+
+
+def make_cfg(overrides, *extra):
+    return config.load(overrides=list(overrides) + list(extra))
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("residual", [["residual.kind=prenorm"],
+                                      ["residual.kind=attnres", "attnres.block_size=2"]])
+def test_resume_continues_bitwise_the_same_trajectory(tiny_overrides, tmp_path, residual):
+    n, k = 6, 3
+    straight = tmp_path / "straight"
+    Trainer(make_cfg(tiny_overrides, f"train.steps={n}", *residual), run_dir=straight).train()
+
+    split = tmp_path / "split"
+    Trainer(make_cfg(tiny_overrides, f"train.steps={n}", *residual), run_dir=split).train_steps_only(k)
+    resumed = Trainer(make_cfg(tiny_overrides, f"train.steps={n}", *residual), run_dir=split,
+                      resume=split)
+    assert resumed.step == k
+    resumed.train()
+    assert losses(split) == losses(straight)  # bitwise: the float values are identical
+    a = torch.load(straight / "checkpoints" / f"step-{n}" / "state.pt", weights_only=False)
+    b = torch.load(split / "checkpoints" / f"step-{n}" / "state.pt", weights_only=False)
+    assert a["step"] == b["step"] == n
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=run)
+    trainer.train_steps_only(2)
+    saved = (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        trainer.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="at step 3"):
+        trainer.train()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
+    assert (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == saved
+
+
+def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    Trainer(make_cfg(tiny_overrides, "train.steps=2"), run_dir=run).train()
+    where = run / "checkpoints" / "step-2"
+
+    other = make_cfg(tiny_overrides, "train.steps=4", "model.d_model=48", "model.n_heads=3")
+    with pytest.raises(ckpt.CheckpointError, match="another model configuration"):
+        Trainer(other, run_dir=tmp_path / "x", resume=run)
+
+    good = (where / "model.safetensors").read_bytes()
+    (where / "model.safetensors").write_bytes(good[:100])
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors: corrupt"):
+        Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=tmp_path / "y", resume=run)
+    (where / "model.safetensors").write_bytes(good)
+
+    (where / "state.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ckpt.CheckpointError, match="state.pt: corrupt"):
+        Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=tmp_path / "z", resume=run)
+
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        ckpt.resolve_checkpoint(tmp_path / "nowhere")
+
+
+def test_a_run_writes_metrics_result_analysis_and_learns(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    cfg = make_cfg(tiny_overrides, "train.steps=30", "train.analysis=true", "train.eval_every=15",
+                   "residual.kind=attnres", "attnres.mode=full")
+    result = Trainer(cfg, run_dir=run).train()
+    records = read_metrics(run / "metrics.jsonl")
+    kinds = {r["kind"] for r in records}
+    assert {"params", "train", "eval", "final"} <= kinds
+    train = losses(run)
+    assert train[-1] < train[0] - 0.5  # a byte model learns the letter statistics fast
+    assert math.isfinite(result.val_loss) and result.val_bpb > 0 and result.tokens_per_s > 0
+    analysis = json.loads((run / "analysis.json").read_text())
+    L = analysis["n_sublayers"]
+    assert len(analysis["output_rms"]) == len(analysis["grad_norm"]) == L
+    assert len(analysis["depth_weights"]) == L + 1
+    for r, w in enumerate(analysis["depth_weights"]):
+        assert len(w) == r + 1 and abs(sum(w) - 1) < 1e-5  # Full: read l sees l sources
+    assert all(g > 0 for g in analysis["grad_norm"])
+
+
+def test_checkpoint_write_is_atomic_on_failure(tiny_overrides, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=run)
+    trainer.train_steps_only(2)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(ckpt, "_write_atomic", boom)
+    trainer.step = 3
+    with pytest.raises(OSError):
+        trainer.save()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
+    ckpt.resolve_checkpoint(run)  # still loadable
