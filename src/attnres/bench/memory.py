@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Callable, Iterable
 
 import torch
@@ -18,7 +21,7 @@ def measure_peak(fn: Callable[[], object], device: str | torch.device) -> int:
     """
     device = torch.device(device)
     if device.type == "cpu":
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         return _cpu_peak(prof)
     mem = torch.cuda if device.type == "cuda" else torch.accelerator
@@ -28,6 +31,22 @@ def measure_peak(fn: Callable[[], object], device: str | torch.device) -> int:
     fn()
     mem.synchronize(device)
     return max(mem.max_memory_allocated(device) - base, 0)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """The profiler's native layer prints a trace line on every start and stop (to fd 2, past
+    Python's sys.stderr), which would bury a benchmark's table; silence fd 2 meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _cpu_peak(prof) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,28 +26,30 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.to(x.dtype)
 
 
+@dataclass
 class KVCache:
-    """Per-layer keys and values of the tokens seen so far, [B, H_kv, T_seen, h]."""
+    """Keys and values of the tokens seen so far by one attention layer, [B, H_kv, T_seen, h]."""
 
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.length = 0  # tokens already in the cache; advanced by the model after each call
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        if self.keys is not None:
+            k = torch.cat([self.keys, k], dim=2)
+            v = torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
         return k, v
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None)
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_theta: float,
-                 layer_index: int):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_theta: float = 10000.0):
         super().__init__()
         if d_model % n_heads or n_heads % n_kv_heads:
             raise ValueError(f"attention: d_model {d_model} must divide into n_heads {n_heads}, "
@@ -55,7 +59,6 @@ class Attention(nn.Module):
         if self.head_dim % 2:
             raise ValueError(f"attention: head_dim {self.head_dim} must be even for rotary")
         self.rope_theta = rope_theta
-        self.layer_index = layer_index
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
@@ -73,7 +76,7 @@ class Attention(nn.Module):
                                  self.rope_theta)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)
+            k, v = cache.update(k, v)
         if start == 0:
             mask, causal = None, True
         else:  # new queries see the whole cache plus the causal part of their own chunk
@@ -83,3 +86,6 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def empty_cache(self) -> KVCache:
+        return KVCache()

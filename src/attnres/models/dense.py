@@ -1,24 +1,16 @@
-"""A Llama-style dense decoder whose residual connections are pluggable.
+"""A Llama-style dense decoder: GQA attention with RoPE and a SwiGLU MLP in every layer.
 
-Layer j holds two sublayers: attention (sublayer 2j) and a SwiGLU MLP (sublayer 2j+1), each with
-its own RMSNorm PreNorm. How their inputs are formed is the residual strategy's business
-(`attnres.layers.residual`): the standard PreNorm residual, Full AttnRes or Block AttnRes.
+Layer j holds two sublayers, attention (sublayer 2j) and the MLP (sublayer 2j+1), each with its
+own RMSNorm PreNorm; `residual` picks how their inputs are formed (see `models/decoder.py`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from attnres import tags
-from attnres.layers.attention import Attention, KVCache
+from attnres.layers.attention import Attention
 from attnres.layers.mlp import SwiGLU
-from attnres.layers.norm import RMSNorm
-from attnres.layers.residual import DepthRecord, Residual
+from attnres.models.decoder import DecoderLM
 
 
 @dataclass
@@ -69,125 +61,13 @@ def dense_config(preset: str = "tiny", **overrides) -> DenseConfig:
     return replace(DenseConfig(**PRESETS[preset]), **overrides)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: DenseConfig, residual: Residual, index: int):
-        super().__init__()
-        self.index = index
-        self.res_mixer = residual.make_read(cfg.d_model)
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.rope_theta, index)
-        self.res_ffn = residual.make_read(cfg.d_model)
-        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
-
-    def forward(self, stream, cache: KVCache | None = None) -> None:
-        sub = 2 * self.index
-        x = stream.read(sub)
-        stream.write(sub, self.attn(self.attn_norm(x), cache))
-        x = stream.read(sub + 1)
-        stream.write(sub + 1, self.mlp(self.ffn_norm(x)))
-
-    def sublayer_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
-        """Backbone parameters of the mixer and of the FFN sublayer (AttnRes reads excluded)."""
-        mixer = list(self.attn_norm.named_parameters("attn_norm")) + list(self.attn.named_parameters("attn"))
-        ffn = list(self.ffn_norm.named_parameters("ffn_norm")) + list(self.mlp.named_parameters("mlp"))
-        return [mixer, ffn]
-
-
-class DenseLM(nn.Module):
+class DenseLM(DecoderLM):
     def __init__(self, cfg: DenseConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.residual = Residual(cfg.residual, cfg.block_size, cfg.attnres_eps, cfg.attnres_impl,
-                                 cfg.two_phase_group)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, self.residual, j) for j in range(cfg.n_layers))
-        self.final_res = self.residual.make_read(cfg.d_model)
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        tags.set_group(self.embed_tokens.weight, tags.ADAMW)
-        tags.set_group(self.lm_head.weight, tags.ADAMW)
-        self.reset_parameters()
+        super().__init__(cfg)
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """N(0, 0.02) everywhere, output projections scaled by 1/sqrt(2·n_layers) (GPT-2).
+    def build_mixer(self, j: int) -> Attention:
+        c = self.cfg
+        return Attention(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta)
 
-        Only backbone tensors draw random numbers, in a fixed order, so a seed gives bitwise the
-        same backbone whatever the residual kind (spec invariant I13)."""
-        std = self.cfg.init_std
-        out_std = std / math.sqrt(2 * self.cfg.n_layers)
-        for name, p in self.named_parameters():
-            if ".res_" in name or name.startswith("final_res"):
-                continue  # AttnRes reads keep their zero query and unit gain
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith(("o_proj.weight", "w2.weight")):
-                p.normal_(0.0, out_std)
-            else:
-                p.normal_(0.0, std)
-
-    def reads(self) -> list:
-        return [r for layer in self.layers for r in (layer.res_mixer, layer.res_ffn)] + [self.final_res]
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, record: DepthRecord | None = None):
-        """idx [B, T] token ids -> logits [B, T, V] (and the mean cross-entropy if targets)."""
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        stream = self.residual.stream(self.embed_tokens(idx), self.reads(), record)
-        for layer in self.layers:
-            layer(stream, cache)
-        h = stream.final()
-        logits = self.lm_head(self.norm(h).to(self.lm_head.weight.dtype))
-        if cache is not None:
-            cache.length += T
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return logits, loss
-
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.n_layers)
-
-    def sublayer_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
-        return [group for layer in self.layers for group in layer.sublayer_parameters()]
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.embed_tokens.weight.numel()
-        return n
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample continuations of idx [B, T]; temperature 0 is greedy."""
-        if idx.shape[1] + max_new_tokens > self.cfg.max_seq_len and use_cache:
-            raise ValueError(f"prompt ({idx.shape[1]}) + {max_new_tokens} new tokens exceeds "
-                             f"max_seq_len {self.cfg.max_seq_len}")
-        cache = self.new_cache() if use_cache else None
-        logits = self(idx, cache=cache)[:, -1]
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, generator)
-            idx = torch.cat([idx, nxt], dim=1)
-            if use_cache:
-                logits = self(nxt, cache=cache)[:, -1]
-            else:
-                logits = self(idx[:, -self.cfg.max_seq_len:])[:, -1]
-        return idx
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator | None) -> torch.Tensor:
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    def build_ffn(self, j: int) -> SwiGLU:
+        return SwiGLU(self.cfg.d_model, self.cfg.d_ff)

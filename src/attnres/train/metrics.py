@@ -18,7 +18,7 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
-            except ImportError:  # tensorboard is an optional extra: pip install 'attnres[tb]'
+            except ImportError:  # a trimmed install without tensorboard still writes the JSONL
                 self._tb = None
 
     def log(self, kind: str, step: int, **values: Any) -> None:

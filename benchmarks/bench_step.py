@@ -1,0 +1,20 @@
+"""Training-step time and peak memory: baseline vs Block vs Full AttnRes (see attnres.bench.step)."""
+
+import argparse
+
+import torch
+
+from attnres.bench.step import format_step_table, run_step_bench
+from attnres.train.build import resolve_device
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    rows = run_step_bench(a.preset, device=resolve_device(a.device), dtype=getattr(torch, a.dtype),
+                          repeats=a.repeats, quick=a.quick)
+    print(format_step_table(rows))
