@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compare", help="train baseline vs Full vs Block AttnRes and report")
+    p.add_argument("--backbone", default="dense", choices=("dense", "kimi-linear"))
     p.add_argument("--preset", default="small", help="model preset: tiny | small | base")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--variants", default="baseline,full,block",
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 def _compare(args) -> int:
     from attnres.experiments.compare import CompareSettings, format_table, run_compare
     settings = CompareSettings(
-        preset=args.preset, steps=args.steps,
+        backbone=args.backbone, preset=args.preset, steps=args.steps,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         block_size=args.block_size, seeds=tuple(args.seeds), data=args.data, out=args.out,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,

@@ -24,15 +24,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "dense"          # dense (Llama-style); more backbones register in attnres.models
+    backbone: str = "dense"          # dense (Llama-style) | kimi-linear (KDA + MLA + MoE)
     preset: str = "tiny"             # fills the shape fields below unless they are set explicitly
     vocab_size: int = 256            # replaced by the tokenizer's vocabulary at build time
-    d_model: int = 0                 # 0 = take from the preset
+    d_model: int = 0                 # 0 (or "") = take from the preset
     n_layers: int = 0
-    n_heads: int = 0
-    n_kv_heads: int = 0
-    d_ff: int = 0
     max_seq_len: int = 0
+    n_heads: int = 0                 # dense only
+    n_kv_heads: int = 0              # dense only
+    d_ff: int = 0                    # dense only
+    layer_pattern: str = ""          # kimi-linear only, e.g. "KKKM"
+    n_experts: int = 0               # kimi-linear only
+    top_k: int = 0                   # kimi-linear only
+    first_k_dense: int = -1          # kimi-linear only (-1 = preset)
+    kda_mode: str = ""               # kimi-linear only: auto | chunk | recurrent
+    bias_update_rate: float = -1.0   # kimi-linear only: MoE balancing step u (-1 = 1e-3)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     init_std: float = 0.02

@@ -1,4 +1,4 @@
-"""Optimizer-group tags, set on parameters where they are created.
+"""Parameter tags, set where parameters are created: optimizer group and initialisation owner.
 
 Routing parameters to Muon or AdamW by name patterns breaks silently when a module is renamed;
 a tag set at creation time cannot. `attnres.optim` reads the tags; nothing here imports torch.
@@ -22,3 +22,17 @@ def set_group(param, group: str):
 
 def get_group(param) -> str | None:
     return getattr(param, _ATTR, None)
+
+
+# A second tag: parameters whose layer initialises them itself (KDA's decay parameters, conv
+# filters), which a model-wide re-initialisation must leave alone.
+_OWN_INIT = "_attnres_own_init"
+
+
+def keep_init(param):
+    setattr(param, _OWN_INIT, True)
+    return param
+
+
+def has_own_init(param) -> bool:
+    return getattr(param, _OWN_INIT, False)

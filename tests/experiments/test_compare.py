@@ -30,3 +30,16 @@ def test_compare_writes_summary_report_and_plots(tmp_path, text_corpus, capsys):
         assert (out / png).stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "Seed spread" in report and "| full |" in report
+
+
+def test_compare_kimi_linear_reports_expert_load(tmp_path, text_corpus, capsys):
+    out = tmp_path / "kl"
+    code = main(["compare", "--backbone", "kimi-linear", "--preset", "tiny", "--steps", "3",
+                 "--variants", "baseline,block", "--data", str(text_corpus), "--out", str(out),
+                 "--seq-len", "32", "--batch-size", "2", "--device", "cpu", "--no-progress",
+                 "--set", f"data.cache_dir={tmp_path / 'tok'}", "--set", "train.tensorboard=false"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backbone"] == "kimi-linear" and set(summary["variants"]) == {"baseline", "block"}
+    assert (out / "expert_load.png").stat().st_size > 1000
+    assert "expert_load.png" in (out / "report.md").read_text()

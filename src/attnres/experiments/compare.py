@@ -34,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
 
 @dataclass
 class CompareSettings:
+    backbone: str = "dense"
     preset: str = "small"
     steps: int = 300
     variants: tuple[str, ...] = ("baseline", "full", "block")
@@ -53,7 +54,7 @@ class CompareSettings:
 def arm_config(s: CompareSettings, variant: str, seed: int) -> Config:
     if variant not in VARIANTS:
         raise config_mod.ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    overrides = [f"model.preset={s.preset}", f"train.steps={s.steps}", f"train.seed={seed}",
+    overrides = [f"model.backbone={s.backbone}", f"model.preset={s.preset}", f"train.steps={s.steps}", f"train.seed={seed}",
                  f"train.data_seed={seed}", f"attnres.block_size={s.block_size}",
                  f"train.batch_size={s.batch_size}", f"train.seq_len={s.seq_len}",
                  f"train.device={s.device}", f"train.dtype={s.dtype}",
@@ -106,8 +107,9 @@ def _run_arm_in_subprocess(cfg: Config, run_dir: Path) -> dict[str, Any]:
     result = json.loads((run_dir / "result.json").read_text())
     result["history"] = [r for r in read_metrics(run_dir / "metrics.jsonl")
                          if r["kind"] in ("train", "eval")]
-    result["params_detail"] = next(r for r in read_metrics(run_dir / "metrics.jsonl")
-                                   if r["kind"] == "params")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    result["params_detail"] = next(r for r in records if r["kind"] == "params")
+    result["moe"] = [r for r in records if r["kind"] == "moe"]
     analysis = run_dir / "analysis.json"
     result["analysis"] = json.loads(analysis.read_text()) if analysis.exists() else None
     return result
@@ -144,6 +146,7 @@ def _summarise(s: CompareSettings, arms: dict[str, list[dict]], data, wall: floa
             variants[name]["delta_vs_baseline"] = _stats(diffs)
     cfg = arm_config(s, s.variants[0], s.seeds[0])
     return {
+        "backbone": s.backbone,
         "preset": s.preset,
         "corpus": data.corpus_name,
         "steps": s.steps,
@@ -162,8 +165,8 @@ def _summarise(s: CompareSettings, arms: dict[str, list[dict]], data, wall: floa
 
 
 def _seq_len(s: CompareSettings, cfg: Config) -> int:
-    from attnres.models.dense import PRESETS
-    return s.seq_len or PRESETS[cfg.model.preset]["max_seq_len"]
+    from attnres.train.build import BACKBONES
+    return s.seq_len or BACKBONES[cfg.model.backbone][2][cfg.model.preset]["max_seq_len"]
 
 
 def _hardware() -> str:
@@ -173,7 +176,7 @@ def _hardware() -> str:
 
 
 def _write_plots(s: CompareSettings, out: Path, arms: dict[str, list[dict]]) -> None:
-    title = f"{s.preset} preset, {s.steps} steps, seeds {list(s.seeds)}"
+    title = f"{s.backbone} backbone, {s.preset} preset, {s.steps} steps, seeds {list(s.seeds)}"
     plots.plot_loss_curves({n: [r["history"] for r in runs] for n, runs in arms.items()},
                            out / "loss_curves.png", title)
     analyses = {n: runs[0]["analysis"] for n, runs in arms.items() if runs[0]["analysis"]}
@@ -184,6 +187,9 @@ def _write_plots(s: CompareSettings, out: Path, arms: dict[str, list[dict]]) -> 
             if analysis.get("depth_weights"):
                 plots.plot_depth_attention(analysis, out / f"depth_attention_{name}.png",
                                            f"{name}: mean depth-attention weights")
+    moe = {n: runs[0]["moe"] for n, runs in arms.items() if runs[0].get("moe")}
+    if moe:
+        plots.plot_expert_load(moe, out / "expert_load.png", f"MoE expert load ({title})")
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -207,7 +213,7 @@ def render_report(summary: dict[str, Any]) -> str:
     lines = [
         "# AttnRes comparison",
         "",
-        f"Preset `{summary['preset']}` ({summary['n_sublayers']} sublayers), corpus "
+        f"Backbone `{summary['backbone']}`, preset `{summary['preset']}` ({summary['n_sublayers']} sublayers), corpus "
         f"`{summary['corpus']}`, {summary['steps']} steps × {summary['tokens_per_step']:,} tokens, "
         f"{summary['optimizer']} at peak LR {summary['lr']}, {summary['schedule']} schedule, "
         f"Block size S = {summary['block_size']}, seeds {seeds}.",
@@ -226,6 +232,8 @@ def render_report(summary: dict[str, Any]) -> str:
     for name in summary["variants"]:
         if name != "baseline":
             lines += [f"![{name} depth attention](depth_attention_{name}.png)", ""]
+    if summary["backbone"] == "kimi-linear":
+        lines += ["![expert load](expert_load.png)", ""]
     return "\n".join(lines)
 
 

@@ -91,6 +91,34 @@ def plot_depth_attention(analysis: dict, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def plot_expert_load(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """MoE balance: MaxVio per layer over training (one panel per arm) and each expert's share
+    of the assignments in the last logged window (rows: layers, columns: experts)."""
+    names = list(runs)
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False)
+    for col, name in enumerate(names):
+        records = runs[name]
+        layers = list(records[-1]["layers"])
+        ax = axes[0, col]
+        for layer in layers:
+            steps = [r["step"] for r in records if layer in r["layers"]]
+            ax.plot(steps, [r["layers"][layer]["max_vio"] for r in records if layer in r["layers"]],
+                    label=layer.replace("layers.", "L").replace(".mlp", ""))
+        ax.set(title=f"{name}: MaxVio = max load / mean − 1", xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        load = np.array([records[-1]["layers"][layer]["load"] for layer in layers])
+        ax = axes[1, col]
+        im = ax.imshow(load, aspect="auto", cmap="magma", vmin=0)
+        ax.set_yticks(range(len(layers)))
+        ax.set_yticklabels([layer.replace("layers.", "L").replace(".mlp", "") for layer in layers])
+        ax.set(title=f"{name}: expert share, last window (uniform = {1 / load.shape[1]:.3f})",
+               xlabel="expert")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _smooth(v: np.ndarray, frac: float = 0.05) -> np.ndarray:
     k = max(1, int(len(v) * frac))
     if k == 1:

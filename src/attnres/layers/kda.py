@@ -97,9 +97,9 @@ class KimiDeltaAttention(nn.Module):
                     self.b_proj, self.g_a_proj, self.g_b_proj, self.o_proj):
             tags.set_group(lin.weight, tags.MUON)
         for conv in (self.q_conv, self.k_conv, self.v_conv):
-            tags.set_group(conv.weight, tags.ADAMW)
-        tags.set_group(self.A_log, tags.ADAMW_NO_DECAY)
-        tags.set_group(self.dt_bias, tags.ADAMW_NO_DECAY)
+            tags.keep_init(tags.set_group(conv.weight, tags.ADAMW))
+        tags.keep_init(tags.set_group(self.A_log, tags.ADAMW_NO_DECAY))
+        tags.keep_init(tags.set_group(self.dt_bias, tags.ADAMW_NO_DECAY))
 
     def empty_cache(self) -> KDACache:
         return KDACache()

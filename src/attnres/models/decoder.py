@@ -21,6 +21,33 @@ from attnres.layers.residual import DepthRecord, Residual
 
 
 @dataclass
+class DecoderConfig:
+    """Fields every backbone has; backbones extend it with their own shapes."""
+
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 4
+    max_seq_len: int = 128
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    # residual mechanism
+    residual: str = "prenorm"        # prenorm | full | block
+    block_size: int = 4              # S in sublayers (block only)
+    attnres_eps: float = 1e-6
+    attnres_impl: str = "recompute"  # recompute | two_phase | naive
+    two_phase_group: int = 8
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "max_seq_len", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def n_sublayers(self) -> int:
+        return 2 * self.n_layers
+
+
+@dataclass
 class DecoderCache:
     """One cache per layer (whatever its mixer keeps) and the number of tokens seen."""
 
@@ -100,7 +127,7 @@ class DecoderLM(nn.Module):
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():
-            if ".res_" in name or name.startswith("final_res") or getattr(p, "_own_init", False):
+            if ".res_" in name or name.startswith("final_res") or tags.has_own_init(p):
                 continue  # AttnRes reads keep their zero query and unit gain
             if name.endswith("norm.weight"):
                 p.fill_(1.0)

@@ -10,40 +10,24 @@ from dataclasses import dataclass, replace
 
 from attnres.layers.attention import Attention
 from attnres.layers.mlp import SwiGLU
-from attnres.models.decoder import DecoderLM
+from attnres.models.decoder import DecoderConfig, DecoderLM
 
 
 @dataclass
-class DenseConfig:
-    vocab_size: int = 256
-    d_model: int = 64
-    n_layers: int = 4
+class DenseConfig(DecoderConfig):
     n_heads: int = 4
     n_kv_heads: int = 2
     d_ff: int = 176
-    max_seq_len: int = 128
     rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    # residual mechanism
-    residual: str = "prenorm"        # prenorm | full | block
-    block_size: int = 4              # S in sublayers (block only)
-    attnres_eps: float = 1e-6
-    attnres_impl: str = "recompute"  # recompute | two_phase | naive
-    two_phase_group: int = 8
 
     def __post_init__(self):
+        super().__post_init__()
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
-        for name in ("vocab_size", "d_model", "n_layers", "d_ff", "max_seq_len", "block_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def n_sublayers(self) -> int:
-        return 2 * self.n_layers
+        if self.d_ff < 1:
+            raise ValueError(f"d_ff must be >= 1, got {self.d_ff}")
 
 
 # SwiGLU width ≈ 8/3·d rounded up to a multiple of 16 (the usual parameter match to a 4d GELU MLP).

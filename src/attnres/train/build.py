@@ -1,15 +1,24 @@
-"""From a Config to the objects a run needs: device, model."""
+"""From a Config to the objects a run needs: the device and the model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
 
 import torch
 
 from attnres import units
 from attnres.config import Config, ConfigError
-from attnres.models.dense import PRESETS as DENSE_PRESETS
-from attnres.models.dense import DenseConfig, DenseLM
+from attnres.models import dense, kimi_linear
+
+# backbone name -> (config class, model class, presets, ModelConfig keys it accepts)
+BACKBONES = {
+    "dense": (dense.DenseConfig, dense.DenseLM, dense.PRESETS,
+              ("d_model", "n_layers", "max_seq_len", "n_heads", "n_kv_heads", "d_ff")),
+    "kimi-linear": (kimi_linear.KimiLinearConfig, kimi_linear.KimiLinearLM, kimi_linear.PRESETS,
+                    ("d_model", "n_layers", "max_seq_len", "layer_pattern", "n_experts", "top_k",
+                     "first_k_dense", "kda_mode", "bias_update_rate")),
+}
+_UNSET = (0, "", -1, -1.0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,41 +40,50 @@ def residual_name(cfg: Config) -> str:
     return "full" if cfg.attnres.mode == "full" else "block"
 
 
-def model_config(cfg: Config, vocab_size: int) -> DenseConfig:
-    if cfg.model.backbone != "dense":
-        raise ConfigError(f"model.backbone = {cfg.model.backbone!r} is not available in this build")
-    if cfg.model.preset not in DENSE_PRESETS:
-        raise ConfigError(f"model.preset = {cfg.model.preset!r} is not one of {', '.join(DENSE_PRESETS)}")
-    shape = dict(DENSE_PRESETS[cfg.model.preset])
-    for key in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
-        value = getattr(cfg.model, key)
-        if value:
-            shape[key] = value
+def model_config(cfg: Config, vocab_size: int):
+    m = cfg.model
+    config_cls, _, presets, keys = BACKBONES[m.backbone]
+    if m.preset not in presets:
+        raise ConfigError(f"model.preset = {m.preset!r} is not one of {', '.join(presets)} "
+                          f"for backbone {m.backbone}")
+    shape = dict(presets[m.preset])
+    for key in ("d_model", "n_layers", "max_seq_len", "n_heads", "n_kv_heads", "d_ff",
+                "layer_pattern", "n_experts", "top_k", "first_k_dense", "kda_mode", "bias_update_rate"):
+        value = getattr(m, key)
+        if value in _UNSET and not isinstance(value, bool):
+            continue
+        if key not in keys:
+            raise ConfigError(f"model.{key} does not apply to backbone {m.backbone}")
+        shape[key] = value
     n_sublayers = units.sublayers_from_layers(shape["n_layers"])
     block_size = cfg.attnres.block_size
     if cfg.attnres.num_blocks > 0:
         block_size = units.block_size_for_num_blocks(n_sublayers, cfg.attnres.num_blocks)
     impl = "naive" if cfg.attnres.impl == "reference" else cfg.attnres.impl
+    common = dict(vocab_size=vocab_size, norm_eps=m.norm_eps, init_std=m.init_std,
+                  residual=residual_name(cfg), block_size=block_size, attnres_eps=cfg.attnres.eps,
+                  attnres_impl=impl, two_phase_group=cfg.attnres.two_phase_group)
+    if "rope_theta" in {f.name for f in dataclasses.fields(config_cls)}:
+        common["rope_theta"] = m.rope_theta
     try:
-        return DenseConfig(vocab_size=vocab_size, rope_theta=cfg.model.rope_theta,
-                           norm_eps=cfg.model.norm_eps, init_std=cfg.model.init_std,
-                           residual=residual_name(cfg), block_size=block_size,
-                           attnres_eps=cfg.attnres.eps, attnres_impl=impl,
-                           two_phase_group=cfg.attnres.two_phase_group, **shape)
+        return config_cls(**common, **shape)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
 
 
-def build_model(cfg: Config, vocab_size: int) -> DenseLM:
+def build_model(cfg: Config, vocab_size: int):
     """Seeded construction: the backbone's weights depend only on train.seed (invariant I13)."""
     mcfg = model_config(cfg, vocab_size)
     torch.manual_seed(cfg.train.seed)
-    return DenseLM(mcfg)
+    return BACKBONES[cfg.model.backbone][1](mcfg)
 
 
-def model_from_meta(meta_model: dict) -> DenseLM:
-    return DenseLM(DenseConfig(**meta_model))
+def model_meta(cfg: Config, model) -> dict:
+    return {"backbone": cfg.model.backbone, **dataclasses.asdict(model.cfg)}
 
 
-def describe(model: DenseLM) -> dict:
-    return asdict(model.cfg)
+def model_from_meta(meta_model: dict):
+    meta_model = dict(meta_model)
+    backbone = meta_model.pop("backbone", "dense")
+    config_cls, model_cls, _, _ = BACKBONES[backbone]
+    return model_cls(config_cls(**meta_model))

@@ -26,7 +26,8 @@ from attnres.data import BatchLoader, TokenData, check_length, eval_batches, pre
 from attnres.data.tokenizer import tokenizer_from_dict
 from attnres.optim import build_optimizer, build_scheduler
 from attnres.train import checkpoint as ckpt
-from attnres.train.build import build_model, model_config, resolve_device
+from attnres.layers.moe import moe_layers, update_all_biases
+from attnres.train.build import build_model, model_config, model_meta, resolve_device
 from attnres.train.metrics import MetricsWriter
 
 
@@ -80,6 +81,8 @@ class Trainer:
                                      cfg.train.eval_batches)
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.has_moe = bool(moe_layers(self.model))
+        self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
         if resume is not None:
             self._resume(resume)
 
@@ -90,7 +93,7 @@ class Trainer:
         return self.cfg.train.batch_size * self.seq_len
 
     def meta(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "model": self.model_cfg.__dict__,
+        return {"config": self.cfg.to_dict(), "model": model_meta(self.cfg, self.model),
                 "tokenizer": self.data.tokenizer.to_dict(), "corpus": self.data.corpus_name,
                 "data_fingerprint": self.data.fingerprint}
 
@@ -142,6 +145,8 @@ class Trainer:
                               "tokens": self.step * self.tokens_per_step}
                     metrics.log("train", self.step, **record)
                     self.history.append({"step": self.step, **record})
+                    if self.has_moe:
+                        metrics.log("moe", self.step, layers=self._expert_load())
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     val_loss, val_bpb = self.evaluate()
                     metrics.log("eval", self.step, val_loss=val_loss, val_bpb=val_bpb)
@@ -180,6 +185,10 @@ class Trainer:
         if math.isfinite(grad_norm):  # a non-finite gradient skips the update (optim.md §8)
             self.optimizer.step()
         self.scheduler.step()
+        if self.has_moe:  # aux-loss-free balancing: bias update after the step (kimi_linear.md §4)
+            for name, stats in update_all_biases(self.model).items():
+                total = self._expert_counts.setdefault(name, [0] * len(stats["counts"]))
+                self._expert_counts[name] = [a + b for a, b in zip(total, stats["counts"])]
         self.optimizer.zero_grad(set_to_none=True)
         return value, grad_norm, lr
 
@@ -194,6 +203,18 @@ class Trainer:
         val_loss = total / len(self.eval_set)
         bpb = val_loss / math.log(2) / self.data.bytes_per_token_val
         return val_loss, bpb
+
+    def _expert_load(self) -> dict[str, dict[str, Any]]:
+        """Per MoE layer: each expert's share of the (token, slot) assignments since the last
+        log line, MaxVio = max_e c_e / mean_e c_e - 1 and the number of idle experts."""
+        out = {}
+        for name, counts in self._expert_counts.items():
+            total = sum(counts) or 1
+            mean = total / len(counts)
+            out[name] = {"load": [c / total for c in counts], "max_vio": max(counts) / mean - 1,
+                         "dead": sum(c == 0 for c in counts)}
+        self._expert_counts = {}
+        return out
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
@@ -210,15 +231,18 @@ class Trainer:
         total = self.model.num_params()
         attnres = sum(p.numel() for n, p in self.model.named_parameters()
                       if ".res_" in n or n.startswith("final_res"))
-        return {"params": total, "non_embedding": self.model.num_params(non_embedding=True),
-                "attnres": attnres, "n_sublayers": units.sublayers_from_layers(self.model_cfg.n_layers)}
+        counts = {"params": total, "non_embedding": self.model.num_params(non_embedding=True),
+                  "attnres": attnres}
+        if hasattr(self.model, "active_params"):
+            counts["active_non_embedding"] = self.model.active_params()
+        return {**counts, "n_sublayers": units.sublayers_from_layers(self.model_cfg.n_layers)}
 
     # --- resume -------------------------------------------------------------------------------
 
     def _resume(self, path: str | Path) -> None:
         where = ckpt.resolve_checkpoint(path)
         meta = ckpt.load_meta(where)
-        if meta.get("model") != self.model_cfg.__dict__:
+        if meta.get("model") != json.loads(json.dumps(model_meta(self.cfg, self.model))):
             raise ckpt.CheckpointError(f"{where}: saved for another model configuration; "
                                        f"resume with the config stored in {where}/meta.json")
         if meta.get("data_fingerprint") != self.data.fingerprint:
