@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_device_args(p)
 
     p = sub.add_parser("bench", help="benchmarks: the depth-attention op and the training step")
-    p.add_argument("--what", default="op,step", help="comma-separated: op, step")
+    p.add_argument("--what", default="op,step", help="comma-separated: op, step, kda, moe, decode")
     p.add_argument("--preset", default="small")
     p.add_argument("--quick", action="store_true", help="tiny shapes, seconds")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")

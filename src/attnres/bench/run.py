@@ -9,7 +9,7 @@ import torch
 
 from attnres.train.build import resolve_device
 
-WHAT = ("op", "step", "kda", "moe")
+WHAT = ("op", "step", "kda", "moe", "decode")
 
 
 def run_benchmarks(what=("op", "step"), preset: str = "small", quick: bool = False,
@@ -44,4 +44,8 @@ def run_benchmarks(what=("op", "step"), preset: str = "small", quick: bool = Fal
         from attnres.bench.moe import format_moe_table, run_moe_bench
         parts += ["### MoE dispatch vs a dense FFN of equal active parameters", "",
                   format_moe_table(run_moe_bench(device=str(dev), **({"tokens": 256, "repeats": 2} if quick else {}))), ""]
+    if "decode" in what:
+        from attnres.bench.decode import format_decode_table, run_decode_bench
+        parts += ["### Decode: kimi-linear vs dense, cache size and tokens/s", "",
+                  format_decode_table(run_decode_bench(device=dev, quick=quick)), ""]
     return "\n".join(parts)

@@ -71,6 +71,13 @@ def logit(q: Tensor, v: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return r, r * (v @ q)
 
 
+def single_source(v0: Tensor, return_weights: bool):
+    """Spec §2: a single source is returned itself, bitwise, so query and gain get no gradient."""
+    if return_weights:
+        return v0, torch.ones((1, *v0.shape[:-1]), dtype=compute_dtype(v0.dtype), device=v0.device)
+    return v0
+
+
 def naive_depth_attention(
     query: Tensor,
     sources: list[Tensor],
@@ -95,10 +102,7 @@ def naive_depth_attention(
     v0 = sources[0]
     cdt = compute_dtype(v0.dtype)
     if len(sources) == 1:
-        # Spec §2: a single source is returned bitwise; query and gain get no gradient.
-        if return_weights:
-            return v0, torch.ones((1, *v0.shape[:-1]), dtype=cdt, device=v0.device)
-        return v0
+        return single_source(v0, return_weights)
     with full_precision(v0.device):
         V = torch.stack(sources).to(cdt)  # [n, ..., d]
         _, z = logit(folded_query(query, key_norm_weight, cdt), V, eps)  # [n, ...]

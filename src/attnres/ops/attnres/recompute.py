@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .naive import check_inputs, compute_dtype, folded_query, full_precision, logit
+from .naive import check_inputs, compute_dtype, folded_query, full_precision, logit, single_source
 
 Tensor = torch.Tensor
 
@@ -146,9 +146,7 @@ def recompute_depth_attention(
     check_inputs(query, sources, key_norm_weight)
     v0 = sources[0]
     if len(sources) == 1:
-        if return_weights:
-            return v0, torch.ones((1, *v0.shape[:-1]), dtype=compute_dtype(v0.dtype), device=v0.device)
-        return v0
+        return single_source(v0, return_weights)
     h = DepthAttentionFunction.apply(query, key_norm_weight, eps, None, *sources)
     if return_weights:
         return h, depth_weights(query, sources, key_norm_weight, eps)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .naive import check_inputs, compute_dtype, folded_query, full_precision, inv_rms, logit
+from .naive import (check_inputs, compute_dtype, folded_query, full_precision, inv_rms, logit,
+                    single_source)
 from .recompute import DepthAttentionFunction, depth_weights
 
 Tensor = torch.Tensor
@@ -151,9 +152,7 @@ def two_phase_depth_attention(
     check_inputs(query, sources, key_norm_weight)
     v0, n = sources[0], len(sources)
     if n == 1:
-        if return_weights:
-            return v0, torch.ones((1, *v0.shape[:-1]), dtype=compute_dtype(v0.dtype), device=v0.device)
-        return v0
+        return single_source(v0, return_weights)
     gains = None if key_norm_weight is None else key_norm_weight.unsqueeze(0)
     o1, lse1 = phase1(query.unsqueeze(0), sources[:-1], gains, eps)
     h = merged_depth_attention(query, sources, key_norm_weight, eps, o1[0], lse1[0], n - 1)
