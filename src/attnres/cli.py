@@ -1,4 +1,4 @@
-"""Command-line interface: `attnres compare | train | generate | bench`.
+"""Command-line interface: `attnres compare | train | generate | bench | scaling | report`.
 
 Every command takes --device (default: CUDA when present) and --dtype. Errors the user can fix
 (bad config key, bad data, bad checkpoint) print one line on stderr and exit with status 2 (1 for a
@@ -66,6 +66,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny shapes, seconds")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     _add_device_args(p)
+
+    p = sub.add_parser("scaling", help="scaling ladder: baseline vs Full vs Block, fits L = A*C^-alpha",
+                       description="Train a ladder of dense sizes x arms x seeds (resumable), fit "
+                       "L = A*C^-alpha per arm and report the compute advantage. "
+                       "`attnres scaling advantage ...` evaluates published or fitted coefficients.")
+    p.add_argument("--sizes", type=int, default=None, help="ladder sizes (default 5; 4 with --quick)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2)")
+    p.add_argument("--tokens-per-param", type=float, default=None,
+                   help="training tokens per non-embedding parameter incl. the head (default 10)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of baseline,full,block")
+    p.add_argument("--data", default=None, help="corpus, as for compare (default shakespeare)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 8 (4 with --quick)")
+    p.add_argument("--seq-len", type=int, default=None, help="default 256 (64 with --quick)")
+    p.add_argument("--lr", type=float, default=None, help="peak LR (default: config default)")
+    p.add_argument("--out", default=None, help="per-run result JSONs and report (default results/scaling)")
+    p.add_argument("--runs", default=None, help="run folders with checkpoints (default runs/scaling)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config override, applied to every run (repeatable)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, a few steps: about a minute")
+    p.add_argument("--dry-run", action="store_true", help="print the ladder and budgets, train nothing")
+    p.add_argument("--in-process", action="store_true",
+                   help="train each run in this process instead of a fresh one (faster start; "
+                   "the default with --quick)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_device_args(p)
+    scaling_sub = p.add_subparsers(dest="scaling_command")
+    q = scaling_sub.add_parser("advantage", help="losses and compute advantage from fitted coefficients")
+    q.add_argument("--baseline", required=True, metavar="A,ALPHA", help="baseline fit, e.g. 1.891,0.057")
+    q.add_argument("--variant", required=True, action="append", metavar="[NAME=]A,ALPHA",
+                   help="variant fit, e.g. block=1.870,0.058 (repeatable)")
+    q.add_argument("--at", required=True, type=float, metavar="C", help="compute C0 in PFLOP/s-days")
+
+    p = sub.add_parser("report", help="rebuild the markdown tables from per-run result JSONs")
+    p.add_argument("dir", help="results folder, e.g. results/scaling or results")
+    p.add_argument("--no-write", action="store_true",
+                   help="only print; do not rewrite DIR/report.md, summary.json and plots")
     return parser
 
 
@@ -77,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from attnres.train.trainer import TrainingDiverged
     try:
         return {"compare": _compare, "train": _train, "generate": _generate,
-                "bench": _bench}[args.command](args)
+                "bench": _bench, "scaling": _scaling, "report": _report}[args.command](args)
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"attnres {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -149,6 +185,66 @@ def _bench(args) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    return 0
+
+
+def _scaling(args) -> int:
+    if args.scaling_command == "advantage":
+        return _scaling_advantage(args)
+    from attnres.experiments.scaling import ARMS, run_scaling, settings
+    arms = None if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    s = settings(quick=args.quick, sizes=args.sizes, seeds=args.seeds,
+                 tokens_per_param=args.tokens_per_param, arms=arms or ARMS, data=args.data,
+                 batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, out=args.out,
+                 runs=args.runs, device=args.device, dtype=args.dtype, overrides=list(args.set),
+                 in_process=args.in_process or None, progress=not args.no_progress)
+    rep = run_scaling(s, dry_run=args.dry_run)
+    if rep is not None:
+        print()
+        print(rep.markdown)
+        print(f"wrote {s.out}/report.md, summary.json and scaling.png")
+    return 0
+
+
+def _parse_fit(text: str, flag: str) -> tuple[str | None, float, float]:
+    from attnres.config import ConfigError
+    name, _, coeffs = text.rpartition("=")
+    try:
+        A, alpha = (float(x) for x in coeffs.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected [NAME=]A,ALPHA, e.g. 1.891,0.057") from None
+    if A <= 0 or alpha <= 0:
+        raise ConfigError(f"{flag} {text!r}: A and ALPHA must be > 0")
+    return name or None, A, alpha
+
+
+def _scaling_advantage(args) -> int:
+    from attnres.config import ConfigError
+    from attnres.experiments import fit
+    if args.at <= 0:
+        raise ConfigError(f"--at {args.at}: compute must be > 0 (PFLOP/s-days)")
+    _, A_b, alpha_b = _parse_fit(args.baseline, "--baseline")
+    C0 = args.at
+    print(f"baseline: L = {A_b:g}·C^-{alpha_b:g}; L({C0:g}) = {fit.loss_at(A_b, alpha_b, C0):.4f}")
+    for i, text in enumerate(args.variant):
+        name, A, alpha = _parse_fit(text, "--variant")
+        name = name or (f"variant {i + 1}" if len(args.variant) > 1 else "variant")
+        loss = fit.loss_at(A, alpha, C0)
+        c_base = fit.compute_for_loss(A_b, alpha_b, loss)
+        adv = fit.advantage((A_b, alpha_b), (A, alpha), C0)
+        print(f"{name}: L = {A:g}·C^-{alpha:g}; L({C0:g}) = {loss:.4f}; the baseline reaches "
+              f"{loss:.4f} at C = {c_base:.2f} -> compute advantage {adv:.2f}× ({adv:.3f})")
+    return 0
+
+
+def _report(args) -> int:
+    from attnres.experiments.report import ReportError, build_report, write_report
+    try:
+        rep = build_report(args.dir) if args.no_write else write_report(args.dir)
+    except ReportError as err:
+        print(f"attnres report: error: {err}", file=sys.stderr)
+        return 2
+    print(rep.markdown)
     return 0
 
 

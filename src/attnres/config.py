@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass
 class ResidualConfig:
-    kind: str = "prenorm"            # prenorm | attnres
+    kind: str = "prenorm"            # prenorm | attnres | denseformer | mhc (spec attnres.md §13)
 
 
 @dataclass
@@ -58,6 +58,13 @@ class AttnResConfig:
     impl: str = "recompute"          # recompute | two_phase | naive (reference)
     two_phase_group: int = 8         # scheduling group of Full AttnRes under two_phase
     state_dtype: str = "float32"     # float32 | model: dtype of sources and of the baseline stream
+    # Table-4 ablations of the read (spec attnres.md §13); the defaults are the paper's AttnRes
+    key_norm: str = "rms_gain"       # rms_gain | rms (no gain) | none (raw sources as keys)
+    kernel: str = "softmax"          # softmax | sigmoid (unnormalised gates)
+    query: str = "static"            # static | input_dependent (q = W · RMSNorm(latest source))
+    mixing: str = "attention"        # attention | static (per-read logits, no query, no keys)
+    window: int = 0                  # Full only: embedding + the W most recent outputs; 0 = none
+    heads: int = 1                   # depth-softmax heads (channel groups); must divide d_model
 
 
 @dataclass
@@ -72,6 +79,11 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     muon_impl: str = "ours"          # ours | torch (torch.optim.Muon, 2-D units only)
+    qk_clip: str = "auto"            # QK-Clip after each step: auto (= on for muon) | on | off
+    qk_clip_tau: float = 100.0       # τ: per-head max logit allowed (K2)
+
+    def qk_clip_enabled(self) -> bool:
+        return self.qk_clip == "on" or (self.qk_clip == "auto" and self.name == "muon")
 
 
 @dataclass
@@ -130,19 +142,25 @@ class Config:
 
 _CHOICES = {
     ("model", "backbone"): ("dense", "kimi-linear"),
-    ("residual", "kind"): ("prenorm", "attnres"),
+    ("residual", "kind"): ("prenorm", "attnres", "denseformer", "mhc"),
     ("attnres", "mode"): ("block", "full"),
     ("attnres", "impl"): ("recompute", "two_phase", "naive", "reference"),
     ("attnres", "state_dtype"): ("float32", "model"),
+    ("attnres", "key_norm"): ("rms_gain", "rms", "none"),
+    ("attnres", "kernel"): ("softmax", "sigmoid"),
+    ("attnres", "query"): ("static", "input_dependent"),
+    ("attnres", "mixing"): ("attention", "static"),
     ("optim", "name"): ("muon", "adamw"),
     ("optim", "muon_impl"): ("ours", "torch"),
+    ("optim", "qk_clip"): ("auto", "on", "off"),
     ("sched", "kind"): ("wsd", "cosine", "constant"),
     ("sched", "shape"): ("cosine", "linear", "sqrt"),
     ("data", "tokenizer"): ("byte", "bpe"),
     ("train", "dtype"): ("float32", "bfloat16"),
 }
 
-_POSITIVE = {("attnres", "block_size"), ("attnres", "two_phase_group"), ("train", "steps"),
+_POSITIVE = {("attnres", "block_size"), ("attnres", "two_phase_group"), ("attnres", "heads"),
+             ("train", "steps"),
              ("train", "batch_size"), ("train", "eval_batches"), ("train", "log_every"),
              ("optim", "ns_steps")}
 
@@ -160,6 +178,30 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {cfg.data.val_fraction}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if not cfg.optim.qk_clip_tau > 0:
+        raise ConfigError(f"optim.qk_clip_tau must be > 0, got {cfg.optim.qk_clip_tau}")
+    _check_read_variant(cfg)
+
+
+def _check_read_variant(cfg: Config) -> None:
+    """The §13 read options combine only where they mean something (heads | d_model is checked
+    when the model is built, where d_model is known)."""
+    a = cfg.attnres
+    if a.window < 0:
+        raise ConfigError(f"attnres.window must be >= 0 (0 = no window), got {a.window}")
+    if cfg.residual.kind != "attnres":
+        return
+    if a.window and a.mode != "full":
+        raise ConfigError(f"attnres.window = {a.window} applies only to attnres.mode = full")
+    if a.mixing == "static" and a.query != "static":
+        raise ConfigError("attnres.mixing = static has no query; attnres.query must stay static")
+    if a.mixing == "static" and a.heads != 1:
+        raise ConfigError("attnres.mixing = static has one logit per source; attnres.heads must be 1")
+    variant = (a.key_norm, a.kernel, a.query, a.mixing, a.window, a.heads) != \
+        ("rms_gain", "softmax", "static", "attention", 0, 1)
+    if variant and a.impl == "two_phase":
+        raise ConfigError("attnres.impl = two_phase supports only the default read; "
+                          "use recompute (variants fall back to plain autograd)")
 
 
 # --- building a Config from nested dicts, files and dotted overrides ------------------------

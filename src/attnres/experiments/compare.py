@@ -82,7 +82,7 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
             run_dir = out / variant / f"seed-{seed}"
             cfg = arm_config(s, variant, seed)
             print(f"== {variant} (seed {seed}) -> {run_dir}", flush=True)
-            arms[variant].append(_run_arm_in_subprocess(cfg, run_dir))
+            arms[variant].append(run_arm(cfg, run_dir))
     summary = _summarise(s, arms, data, time.perf_counter() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _write_plots(s, out, arms)
@@ -90,20 +90,34 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     return summary
 
 
-def _run_arm(cfg_dict: dict, run_dir: str) -> None:
+def _run_arm(cfg_dict: dict, run_dir: str, resume: bool = False) -> None:
     from attnres.train.trainer import Trainer
     cfg = config_mod.from_dict(cfg_dict)
     torch.set_num_threads(torch.get_num_threads())
-    Trainer(cfg, run_dir=run_dir).train()
+    has_ckpt = resume and (Path(run_dir) / "checkpoints" / "latest").is_file()
+    Trainer(cfg, run_dir=run_dir, resume=run_dir if has_ckpt else None).train()
 
 
-def _run_arm_in_subprocess(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_run_arm, args=(cfg.to_dict(), str(run_dir)))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"arm {run_dir} failed with exit code {proc.exitcode}")
+def run_arm(cfg: Config, run_dir: Path, resume: bool = False, in_process: bool = False) -> dict[str, Any]:
+    """Train one arm into `run_dir` and return its result.json plus history and parameter counts.
+
+    By default the arm runs in a fresh spawned process, so its peak memory is its own;
+    `in_process=True` trains in this process (faster to start; for tests). With `resume`, a
+    run folder holding a checkpoint continues from it instead of starting over."""
+    if in_process:
+        _run_arm(cfg.to_dict(), str(run_dir), resume)
+    else:
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(target=_run_arm, args=(cfg.to_dict(), str(run_dir), resume))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"arm {run_dir} failed with exit code {proc.exitcode}")
+    return read_arm(Path(run_dir))
+
+
+def read_arm(run_dir: Path) -> dict[str, Any]:
+    """A finished run folder's result.json, with its history, parameter counts and analyses."""
     result = json.loads((run_dir / "result.json").read_text())
     result["history"] = [r for r in read_metrics(run_dir / "metrics.jsonl")
                          if r["kind"] in ("train", "eval")]

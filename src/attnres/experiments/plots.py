@@ -119,6 +119,36 @@ def plot_expert_load(runs: dict[str, list[dict]], path: Path, title: str) -> Pat
     return _save(fig, path)
 
 
+def plot_scaling(points: dict[str, list[tuple[float, float]]], fits: dict[str, tuple[float, float]],
+                 path: Path, title: str) -> Path:
+    """Validation loss vs compute on log-log axes (cf. [AR] Fig. 4): one dot per run, the
+    per-compute mean as a ring, and each arm's fit L = A·C^(−α) as a line.
+
+    points: arm -> (C in PFLOP/s-days, loss) per run; fits: arm -> (A, alpha)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    all_c = [c for pts in points.values() for c, _ in pts]
+    for i, (name, pts) in enumerate(points.items()):
+        color = _color(name, i)
+        c, loss = np.array(pts, dtype=float).T
+        ax.scatter(c, loss, s=12, alpha=0.4, color=color)
+        means = {x: loss[c == x].mean() for x in np.unique(c)}
+        ax.scatter(list(means), list(means.values()), s=40, facecolors="none", edgecolors=color)
+        label = name
+        if name in fits and all_c:
+            A, alpha = fits[name]
+            grid = np.geomspace(min(all_c) / 1.3, max(all_c) * 1.3, 100)
+            ax.plot(grid, A * grid ** -alpha, color=color, lw=1.2)
+            label = f"{name}: {A:.3f}·C$^{{-{alpha:.4f}}}$"
+        ax.plot([], [], "o-", color=color, label=label)
+    ax.set(xscale="log", yscale="log", xlabel="training compute C (PFLOP/s-days)",
+           ylabel="validation loss (nats/token)", title=title)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
 def _smooth(v: np.ndarray, frac: float = 0.05) -> np.ndarray:
     k = max(1, int(len(v) * frac))
     if k == 1:

@@ -26,6 +26,41 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.to(x.dtype)
 
 
+MAX_LOGIT_CHUNK_ELEMS = 1 << 22  # scores held at once by `visible_max_logit` (16 MiB in fp32)
+
+
+@torch.no_grad()
+def visible_max_logit(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0,
+                      chunk: int | None = None) -> torch.Tensor:
+    """Per-head max of the visible scaled logits scale·(q_i · k_j), j ≤ start + i (QK-Clip).
+
+    Recomputes q·kᵀ for a fused kernel that does not return scores, `chunk` queries at a time
+    (default: as many as fit in MAX_LOGIT_CHUNK_ELEMS scores), so the [B, H, T, S] matrix never
+    exists. Query head h reads key head h // (H / H_kv), as in SDPA's `enable_gqa`.
+
+    Args:
+        q: [B, H, T, h] (rotated); k: [B, H_kv, S, h], S ≥ T; query t sits at position start + t.
+
+    Returns:
+        [H] in promote_types(q.dtype, fp32); −inf for a head that sees no key.
+    """
+    B, H, T, hd = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    q = q.to(acc).reshape(B, H_kv, H // H_kv, T, hd)
+    kT = k.to(acc).transpose(-1, -2)[:, :, None]                        # [B, H_kv, 1, h, S]
+    if chunk is None:
+        chunk = max(1, MAX_LOGIT_CHUNK_ELEMS // (B * H * S))
+    keys = torch.arange(S, device=q.device)
+    best = torch.full((H_kv, H // H_kv), float("-inf"), dtype=acc, device=q.device)
+    for t0 in range(0, T, chunk):
+        scores = (q[:, :, :, t0:t0 + chunk] @ kT) * scale               # [B, H_kv, g, tc, S]
+        q_pos = torch.arange(start + t0, start + t0 + scores.shape[-2], device=q.device)
+        scores.masked_fill_(q_pos[:, None] < keys[None, :], float("-inf"))
+        best = torch.maximum(best, scores.amax(dim=(0, 3, 4)))
+    return best.reshape(H)
+
+
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far by one attention layer, [B, H_kv, T_seen, h]."""
@@ -65,6 +100,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             tags.set_group(lin.weight, tags.MUON)
+        # QK-Clip statistics (optim.md §6): with track_max_logit, training forwards fold the
+        # per-head max of the visible scaled logits into max_logit [H] (running max, init −inf).
+        self.track_max_logit = False
+        self.register_buffer("max_logit", torch.full((n_heads,), float("-inf")),
+                             persistent=False)
+
+    def reset_max_logit(self):
+        self.max_logit.fill_(float("-inf"))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -77,6 +120,9 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
+        if self.training and self.track_max_logit:
+            batch_max = visible_max_logit(q, k, self.head_dim ** -0.5, start)
+            torch.maximum(self.max_logit, batch_max.to(self.max_logit.dtype), out=self.max_logit)
         if start == 0:
             mask, causal = None, True
         else:  # new queries see the whole cache plus the causal part of their own chunk

@@ -15,6 +15,11 @@ the residual kind:
 bookkeeping of spec attnres.md §4 (completed block sums plus a partial), and Full AttnRes is the
 same code with S = 1 (§7). Each read is a softmax over depth with its own zero-initialised
 pseudo-query and RMSNorm'd keys (§2); the final read aggregates every source (§6).
+
+The Table-4 ablations (§13) plug into the same interface: depth-read variants (`ReadOptions`,
+modules in `depth_variants.py`; the window is applied here, by the stream), `denseformer`
+(PreNorm inside each layer, a depth-weighted average of the layer outputs at every layer
+boundary) and `mhc` (4 hyper-connection streams, one mHC module around each sublayer).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import torch
 from torch import nn
 
 from attnres import tags
+from attnres.layers.depth_variants import (MHC_STREAMS, DenseMix, HyperConnection, ReadOptions,
+                                           VariantRead, expand_streams, num_sources,
+                                           reduce_streams)
 from attnres.ops.attnres import depth_attention, merged_depth_attention, phase1
 
-KINDS = ("prenorm", "full", "block")
+KINDS = ("prenorm", "full", "block", "denseformer", "mhc")
 
 
 class KeyNorm(nn.Module):
@@ -78,7 +86,10 @@ class Residual:
 
     def __init__(self, kind: str = "prenorm", block_size: int = 4, eps: float = 1e-6,
                  impl: str = "recompute", two_phase_group: int = 8,
-                 state_dtype: torch.dtype | None = torch.float32):
+                 state_dtype: torch.dtype | None = torch.float32,
+                 options: ReadOptions | None = None, n_sublayers: int | None = None):
+        """`options` picks the depth-read variant (attnres kinds); `n_sublayers` = L is needed by
+        static mixing, denseformer and mhc, whose modules depend on the read's position."""
         if kind not in KINDS:
             raise ValueError(f"residual kind {kind!r} is not one of {', '.join(KINDS)}")
         if kind == "full":
@@ -91,28 +102,68 @@ class Residual:
         self.impl = impl
         self.two_phase_group = two_phase_group
         self.state_dtype = state_dtype
+        self.options = options or ReadOptions()
+        self.n_sublayers = n_sublayers
+        if self.is_attnres and self.options.window is not None and block_size != 1:
+            raise ValueError("an attnres window applies only to Full AttnRes (block_size 1)")
+        if self.is_attnres and impl == "two_phase" and self.options != ReadOptions():
+            raise ValueError(f"two_phase supports only the default depth read, "
+                             f"not {self.options.describe()}")
+        if self._positional:
+            if n_sublayers is None or n_sublayers < 1 or (kind == "denseformer" and n_sublayers % 2):
+                raise ValueError(f"residual {kind} ({self.options.describe() or 'default'}) "
+                                 f"needs the number of sublayers (even), got {n_sublayers}")
 
     @property
     def is_attnres(self) -> bool:
-        return self.kind != "prenorm"
+        return self.kind in ("full", "block")
 
-    def make_read(self, dim: int) -> DepthRead | None:
-        return DepthRead(dim, self.eps, self.impl) if self.is_attnres else None
+    @property
+    def _positional(self) -> bool:
+        """Whether a read's module depends on its position (so `make_read` needs `sub`)."""
+        return self.kind in ("denseformer", "mhc") or (self.is_attnres and self.options.mixing == "static")
+
+    def make_read(self, dim: int, sub: int | None = None) -> nn.Module | None:
+        """The module for read `sub` (0-based sublayer; L = the final read), or None if it has
+        none. The default options give today's `DepthRead`."""
+        if self.kind == "prenorm":
+            return None
+        if self._positional:
+            if sub is None or not 0 <= sub <= self.n_sublayers:
+                raise ValueError(f"{self.kind} reads need their index in 0..{self.n_sublayers}, got {sub}")
+        if self.kind == "denseformer":
+            # The mix after layer j (j = 1..L_b) feeds layer j's successor: it lives in the read
+            # before that layer's mixer, or in the final read; Y_0 = e needs no module.
+            layer_start = sub % 2 == 0 and sub > 0
+            return DenseMix(sub // 2 + 1) if layer_start or sub == self.n_sublayers else None
+        if self.kind == "mhc":
+            return HyperConnection(dim, MHC_STREAMS, sub) if sub < self.n_sublayers else None
+        if self.options.plain_read:
+            return DepthRead(dim, self.eps, self.impl)
+        n = None
+        if self.options.mixing == "static":
+            n = num_sources(sub, self.n_sublayers, self.block_size, self.options.window)
+        return VariantRead(dim, self.options, self.eps, self.impl, n)
 
     def stream(self, embedding: torch.Tensor, reads: list[DepthRead | None],
-               record: DepthRecord | None = None) -> "PreNormStream | AttnResStream":
+               record: DepthRecord | None = None):
         """`reads` holds the L per-sublayer reads followed by the final read."""
         # At least fp32 (bf16 embeddings are promoted); fp64 models stay fp64 so tests can be exact.
         x = embedding if self.state_dtype is None else \
             embedding.to(torch.promote_types(self.state_dtype, embedding.dtype))
-        if not self.is_attnres:
+        if self.kind == "prenorm":
             return PreNormStream(x, record)
-        return AttnResStream(x, reads, self.block_size, self.impl, self.two_phase_group, record)
+        if self.kind == "denseformer":
+            return DenseFormerStream(x, reads, record)
+        if self.kind == "mhc":
+            return HyperStream(x, reads, MHC_STREAMS, record)
+        return AttnResStream(x, reads, self.block_size, self.impl, self.two_phase_group, record,
+                             self.options.window)
 
     def describe(self) -> str:
-        if self.kind == "block":
-            return f"block (S={self.block_size})"
-        return self.kind
+        name = f"block (S={self.block_size})" if self.kind == "block" else self.kind
+        variant = self.options.describe() if self.is_attnres else ""
+        return f"{name} [{variant}]" if variant else name
 
 
 class PreNormStream:
@@ -148,7 +199,7 @@ class AttnResStream:
 
     def __init__(self, embedding: torch.Tensor, reads: list[DepthRead], block_size: int,
                  impl: str = "recompute", two_phase_group: int = 8,
-                 record: DepthRecord | None = None):
+                 record: DepthRecord | None = None, window: int | None = None):
         if any(r is None for r in reads):
             raise ValueError("AttnRes stream needs a read module for every sublayer and the final read")
         self.reads = reads
@@ -157,6 +208,7 @@ class AttnResStream:
         self.completed: list[torch.Tensor] = [embedding]
         self.partial: torch.Tensor | None = None
         self.record = record
+        self.window = window  # Full only: keep the embedding and the W most recent outputs
         self.two_phase = impl == "two_phase"
         # Phase-1 results for the current scheduling group: read index -> (o1, lse1), and the
         # number of leading sources they cover.
@@ -190,6 +242,9 @@ class AttnResStream:
         if l % self.block_size == 0 or l == self.n_sublayers:
             self.completed.append(self.partial)
             self.partial = None
+            if self.window is not None and len(self.completed) > self.window + 1:
+                # SWA over depth (§13): older outputs are never read again
+                self.completed = [self.completed[0]] + self.completed[-self.window:]
 
     def final(self) -> torch.Tensor:
         if self.partial is not None:
@@ -218,6 +273,75 @@ class AttnResStream:
         read = self.reads[sub]
         return merged_depth_attention(read.query, sources, read.key_norm.weight, read.eps,
                                       o1, lse1, self._phase1_sources)
+
+
+class DenseFormerStream:
+    """DenseFormer (spec §13): the PreNorm residual inside each layer, and after layer j
+    Y_j = Σ_{i=0..j} a_{j,i} X_i over the layer outputs X_i (X_0 = e); layer j+1 reads Y_j and
+    the final norm reads Y_{L_b}. The mix runs after every second write (a layer boundary), with
+    the `DenseMix` stored as the read before the next layer's mixer (or the final read)."""
+
+    def __init__(self, embedding: torch.Tensor, reads: list, record: DepthRecord | None = None):
+        self.reads = reads
+        self.n_sublayers = len(reads) - 1
+        self.hidden = embedding
+        self.outputs = [embedding]  # X_0 = e, X_1, ...
+        self.record = record
+
+    def sources(self) -> list[torch.Tensor]:
+        return self.outputs
+
+    def read(self, sub: int) -> torch.Tensor:
+        if self.record is not None:
+            self.record.input_rms[sub] = _rms(self.hidden)
+        return self.hidden
+
+    def write(self, sub: int, out: torch.Tensor) -> None:
+        self.hidden = self.hidden + out.to(self.hidden.dtype)
+        if sub % 2 == 1:  # layer boundary: X_j = the layer's output, then Y_j
+            self.outputs.append(self.hidden)
+            self.hidden = self.reads[sub + 1](self.outputs)
+        if self.record is not None:
+            _record_output(self.record, sub, out)
+            self.record.stream_rms[sub] = _rms(self.hidden)
+
+    def final(self) -> torch.Tensor:
+        if len(self.outputs) != self.n_sublayers // 2 + 1:
+            raise RuntimeError(f"final read before all {self.n_sublayers} sublayers were written")
+        return self.hidden
+
+
+class HyperStream:
+    """mHC (spec §13): m residual streams folded into the batch, [(B·m), T, d]. Before sublayer
+    l its `HyperConnection` mixes the streams and forms the input (read); its output is written
+    back into every stream (write). The final hidden state is the sum of the streams."""
+
+    def __init__(self, embedding: torch.Tensor, reads: list, n_streams: int = MHC_STREAMS,
+                 record: DepthRecord | None = None):
+        self.reads = reads
+        self.n_streams = n_streams
+        self.streams = expand_streams(embedding, n_streams)
+        self.record = record
+        self._add = None
+
+    def sources(self) -> list[torch.Tensor]:
+        return [self.streams]
+
+    def read(self, sub: int) -> torch.Tensor:
+        h, self._add = self.reads[sub](self.streams)
+        if self.record is not None:
+            self.record.input_rms[sub] = _rms(h)
+        return h
+
+    def write(self, sub: int, out: torch.Tensor) -> None:
+        self.streams = self._add(out.to(self.streams.dtype))
+        self._add = None
+        if self.record is not None:
+            _record_output(self.record, sub, out)
+            self.record.stream_rms[sub] = _rms(self.streams)
+
+    def final(self) -> torch.Tensor:
+        return reduce_streams(self.streams, self.n_streams)
 
 
 def _rms(x: torch.Tensor) -> float:

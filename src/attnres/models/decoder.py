@@ -3,7 +3,8 @@ final norm, head, and cached generation.
 
 A backbone only says how to build layer j's mixer and FFN (`DecoderLM.build_mixer`,
 `build_ffn`). How each sublayer's input is formed is the residual strategy's business
-(`attnres.layers.residual`): the standard PreNorm residual, Full AttnRes or Block AttnRes.
+(`attnres.layers.residual`): the standard PreNorm residual, Full AttnRes or Block AttnRes, and
+the Table-4 ablations (depth-read variants, DenseFormer, mHC).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from attnres import tags
 from attnres.layers.norm import RMSNorm
+from attnres.layers.depth_variants import ReadOptions
 from attnres.layers.residual import DepthRecord, Residual
 
 
@@ -31,16 +33,31 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     # residual mechanism
-    residual: str = "prenorm"        # prenorm | full | block
+    residual: str = "prenorm"        # prenorm | full | block | denseformer | mhc
     block_size: int = 4              # S in sublayers (block only)
     attnres_eps: float = 1e-6
     attnres_impl: str = "recompute"  # recompute | two_phase | naive
     two_phase_group: int = 8
+    # depth-read variants (spec attnres.md §13); the defaults are the plain read
+    attnres_query: str = "static"        # static | input_dependent
+    attnres_mixing: str = "attention"    # attention | static
+    attnres_kernel: str = "softmax"      # softmax | sigmoid
+    attnres_key_norm: str = "rms_gain"   # rms_gain | rms | none
+    attnres_window: int = 0              # Full only: embedding + W most recent outputs; 0 = all
+    attnres_heads: int = 1               # channel groups of the depth softmax
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "max_seq_len", "block_size"):
+        for name in ("vocab_size", "d_model", "n_layers", "max_seq_len", "block_size", "attnres_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.attnres_window < 0:
+            raise ValueError(f"attnres_window must be >= 0 (0 = no window), got {self.attnres_window}")
+        if self.residual in ("full", "block") and self.d_model % self.attnres_heads:
+            raise ValueError(f"attnres heads {self.attnres_heads} do not divide d_model {self.d_model}")
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(self.attnres_query, self.attnres_mixing, self.attnres_kernel,
+                           self.attnres_key_norm, self.attnres_window or None, self.attnres_heads)
 
     @property
     def n_sublayers(self) -> int:
@@ -65,10 +82,10 @@ class DecoderLayer(nn.Module):
                  residual: Residual, norm_eps: float):
         super().__init__()
         self.index = index
-        self.res_mixer = residual.make_read(d_model)
+        self.res_mixer = residual.make_read(d_model, 2 * index)
         self.attn_norm = RMSNorm(d_model, norm_eps)
         self.self_attn = mixer
-        self.res_ffn = residual.make_read(d_model)
+        self.res_ffn = residual.make_read(d_model, 2 * index + 1)
         self.ffn_norm = RMSNorm(d_model, norm_eps)
         self.mlp = ffn
 
@@ -98,12 +115,13 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.residual = Residual(cfg.residual, cfg.block_size, cfg.attnres_eps, cfg.attnres_impl,
-                                 cfg.two_phase_group)
+                                 cfg.two_phase_group, options=cfg.read_options(),
+                                 n_sublayers=cfg.n_sublayers)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(
             DecoderLayer(j, cfg.d_model, self.build_mixer(j), self.build_ffn(j), self.residual,
                          cfg.norm_eps) for j in range(cfg.n_layers))
-        self.final_res = self.residual.make_read(cfg.d_model)
+        self.final_res = self.residual.make_read(cfg.d_model, cfg.n_sublayers)
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         tags.set_group(self.embed_tokens.weight, tags.ADAMW)

@@ -34,9 +34,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def residual_name(cfg: Config) -> str:
-    """The three arms of the comparison: prenorm (baseline), full, block."""
-    if cfg.residual.kind == "prenorm":
-        return "prenorm"
+    """The backbone's residual: prenorm (baseline), full, block, denseformer or mhc."""
+    if cfg.residual.kind != "attnres":
+        return cfg.residual.kind
     return "full" if cfg.attnres.mode == "full" else "block"
 
 
@@ -63,6 +63,10 @@ def model_config(cfg: Config, vocab_size: int):
     common = dict(vocab_size=vocab_size, norm_eps=m.norm_eps, init_std=m.init_std,
                   residual=residual_name(cfg), block_size=block_size, attnres_eps=cfg.attnres.eps,
                   attnres_impl=impl, two_phase_group=cfg.attnres.two_phase_group)
+    if cfg.residual.kind == "attnres":  # the §13 read variants; other kinds have no depth read
+        a = cfg.attnres
+        common.update(attnres_query=a.query, attnres_mixing=a.mixing, attnres_kernel=a.kernel,
+                      attnres_key_norm=a.key_norm, attnres_window=a.window, attnres_heads=a.heads)
     if "rope_theta" in {f.name for f in dataclasses.fields(config_cls)}:
         common["rope_theta"] = m.rope_theta
     try:

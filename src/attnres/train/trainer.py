@@ -1,8 +1,8 @@
 """The training loop: one Trainer, built from a Config, that trains, evaluates and checkpoints.
 
 Step order (spec optim.md §8): forward, backward, global grad-norm clip, optimizer step (Muon +
-AdamW), LR schedule, zero grads. A non-finite loss stops the run before anything is saved, so
-the last good checkpoint stays the latest one.
+AdamW), QK-Clip, LR schedule, zero grads. A non-finite loss stops the run before anything is
+saved, so the last good checkpoint stays the latest one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from attnres.config import Config, from_dict
 from attnres.data import BatchLoader, TokenData, check_length, eval_batches, prepare_data
 from attnres.data.tokenizer import tokenizer_from_dict
 from attnres.optim import build_optimizer, build_scheduler
+from attnres.optim.qk_clip import apply_qk_clip, enable_tracking, reset_max_logits
 from attnres.train import checkpoint as ckpt
 from attnres.layers.moe import moe_layers, update_all_biases
 from attnres.train.build import build_model, model_config, model_meta, resolve_device
@@ -83,6 +84,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.has_moe = bool(moe_layers(self.model))
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
+        # QK-Clip (optim.md §6): attention layers track their per-head max logit while training.
+        self.qk_clip = cfg.optim.qk_clip_enabled() and enable_tracking(self.model) > 0
+        self._qk_record: dict[str, Any] = {}  # the last step's max logits and clipped heads
         if resume is not None:
             self._resume(resume)
 
@@ -142,7 +146,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                              "tokens": self.step * self.tokens_per_step}
+                              "tokens": self.step * self.tokens_per_step, **self._qk_record}
                     metrics.log("train", self.step, **record)
                     self.history.append({"step": self.step, **record})
                     if self.has_moe:
@@ -184,6 +188,10 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(grad_norm):  # a non-finite gradient skips the update (optim.md §8)
             self.optimizer.step()
+            if self.qk_clip:  # on the updated weights; resets the statistics
+                self._qk_record = apply_qk_clip(self.model, self.cfg.optim.qk_clip_tau).to_record()
+        elif self.qk_clip:  # a skipped step still resets
+            reset_max_logits(self.model)
         self.scheduler.step()
         if self.has_moe:  # aux-loss-free balancing: bias update after the step (kimi_linear.md §4)
             for name, stats in update_all_biases(self.model).items():
