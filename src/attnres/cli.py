@@ -1,4 +1,4 @@
-"""Command-line interface: `attnres compare | train | generate | bench | scaling | report`.
+"""Command-line interface: `attnres compare | train | generate | bench | scaling | ablate | sweep | report`.
 
 Every command takes --device (default: CUDA when present) and --dtype. Errors the user can fix
 (bad config key, bad data, bad checkpoint) print one line on stderr and exit with status 2 (1 for a
@@ -43,13 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_device_args(p)
 
     p = sub.add_parser("train", help="train one model from a TOML/YAML config")
-    p.add_argument("--config", help="TOML or YAML file (sections: model, residual, attnres, optim, sched, data, train)")
+    p.add_argument("--config", help="TOML or YAML file (sections: model, residual, attnres, optim, sched, data, train, parallel)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key (repeatable)")
     p.add_argument("--out", help="run folder (default: train.out_dir)")
     p.add_argument("--resume", help="checkpoint or run folder to continue from")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: train.device = auto)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
+    p.add_argument("--parallel", default=None, choices=("none", "dp", "fsdp"),
+                   help="data parallelism under torchrun (default: parallel.mode = none); "
+                   "see docs/DISTRIBUTED.md")
 
     p = sub.add_parser("generate", help="sample text from a checkpoint")
     p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
@@ -98,6 +101,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="variant fit, e.g. block=1.870,0.058 (repeatable)")
     q.add_argument("--at", required=True, type=float, metavar="C", help="compute C0 in PFLOP/s-days")
 
+    p = sub.add_parser("ablate", help="[AR] Table 4: residual variants on a 32-sublayer model",
+                       description="Train the Table-4 variants (baseline, Full and its ablations, SWA, "
+                       "Block and its ablations, DenseFormer, mHC) x seeds on one 16-layer dense model "
+                       "(resumable) and report val loss, paired deltas and the paper's values.")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset (default all): baseline, full, full-input-query, "
+                   "full-static-mixing, full-sigmoid, full-no-key-norm, swa, block, block-multihead, "
+                   "block-no-key-norm, denseformer, mhc")
+    _add_ablate_args(p, "results/ablate")
+
+    p = sub.add_parser("sweep", help="[AR] Fig. 6: Block AttnRes block size S sweep plus the baseline",
+                       description="Train Block AttnRes with S = 1, 2, 4, 8, 16, 32 sublayers per block "
+                       "and the baseline x seeds on the ablation model (resumable; reuses the ablation's "
+                       "baseline, Full and Block runs) and report val loss vs S with a plot.")
+    p.add_argument("--block-sizes", default=None, help="comma-separated S values (default 1,2,4,8,16,32)")
+    _add_ablate_args(p, "results/sweep")
+
     p = sub.add_parser("report", help="rebuild the markdown tables from per-run result JSONs")
     p.add_argument("dir", help="results folder, e.g. results/scaling or results")
     p.add_argument("--no-write", action="store_true",
@@ -113,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     from attnres.train.trainer import TrainingDiverged
     try:
         return {"compare": _compare, "train": _train, "generate": _generate,
-                "bench": _bench, "scaling": _scaling, "report": _report}[args.command](args)
+                "bench": _bench, "scaling": _scaling, "ablate": _ablate, "sweep": _ablate,
+                "report": _report}[args.command](args)
     except (ConfigError, DataError, CheckpointError) as err:
         print(f"attnres {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -148,9 +169,18 @@ def _train(args) -> int:
         overrides.append(f"train.device={args.device}")
     if args.dtype:
         overrides.append(f"train.dtype={args.dtype}")
+    if args.parallel:
+        overrides.append(f"parallel.mode={args.parallel}")
     cfg = config_mod.load(args.config, overrides)
-    trainer = Trainer(cfg, run_dir=args.out, resume=args.resume)
-    result = trainer.train()
+    try:
+        trainer = Trainer(cfg, run_dir=args.out, resume=args.resume)
+        result = trainer.train()
+    finally:
+        if cfg.parallel.mode != "none":
+            from attnres.parallel.distributed import cleanup
+            cleanup()
+    if not trainer.par.is_main:
+        return 0
     print(f"val loss {result.val_loss:.4f}  val bpb {result.val_bpb:.4f}  "
           f"{result.tokens_per_s:,.0f} tokens/s  -> {result.run_dir}")
     return 0
@@ -234,6 +264,58 @@ def _scaling_advantage(args) -> int:
         adv = fit.advantage((A_b, alpha_b), (A, alpha), C0)
         print(f"{name}: L = {A:g}·C^-{alpha:g}; L({C0:g}) = {loss:.4f}; the baseline reaches "
               f"{loss:.4f} at C = {c_base:.2f} -> compute advantage {adv:.2f}× ({adv:.3f})")
+    return 0
+
+
+def _add_ablate_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 300; 6 with --quick)")
+    p.add_argument("--d-model", type=int, default=None,
+                   help="model width (default 64; 16 with --quick); 16 layers, heads of 16 channels")
+    p.add_argument("--data", default=None, help="corpus, as for compare (default shakespeare)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 8 (4 with --quick)")
+    p.add_argument("--seq-len", type=int, default=None, help="default 128 (32 with --quick)")
+    p.add_argument("--lr", type=float, default=None, help="peak LR for every arm (default: config default)")
+    p.add_argument("--out", default=None, help=f"per-run result JSONs and report (default {out}; "
+                   f"{out}-quick with --quick)")
+    p.add_argument("--runs", default=None, help="run folders, shared by ablate and sweep "
+                   "(default runs/ablate; runs/ablate-quick with --quick)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config override, applied to every run (repeatable)")
+    p.add_argument("--quick", action="store_true", help="tiny width, a few steps: under a minute")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
+    p.add_argument("--in-process", action="store_true",
+                   help="train each run in this process instead of a fresh one (faster start; "
+                   "the default with --quick)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_device_args(p)
+
+
+def _ablate(args) -> int:
+    from attnres.config import ConfigError
+    from attnres.experiments.ablate import run, settings
+
+    def names(text):
+        return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
+
+    changes = {}
+    if args.command == "ablate":
+        changes["variants"] = names(args.variants)
+    elif args.block_sizes is not None:
+        try:
+            changes["block_sizes"] = tuple(int(v) for v in names(args.block_sizes))
+        except ValueError:
+            raise ConfigError(f"--block-sizes {args.block_sizes!r}: expected integers, e.g. 1,2,4") from None
+    s = settings(quick=args.quick, seeds=args.seeds, steps=args.steps, d_model=args.d_model,
+                 data=args.data, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                 out=args.out, runs=args.runs, device=args.device, dtype=args.dtype,
+                 overrides=list(args.set), in_process=args.in_process or None,
+                 progress=not args.no_progress, **changes)
+    rep = run(s, args.command, dry_run=args.dry_run)
+    if rep is not None:
+        print()
+        print(rep.markdown)
+        print(f"wrote {', '.join(str(f) for f in rep.files)}")
     return 0
 
 

@@ -81,6 +81,7 @@ class OptimConfig:
     muon_impl: str = "ours"          # ours | torch (torch.optim.Muon, 2-D units only)
     qk_clip: str = "auto"            # QK-Clip after each step: auto (= on for muon) | on | off
     qk_clip_tau: float = 100.0       # τ: per-head max logit allowed (K2)
+    muon_dist: str = "replicated"    # under parallel.mode = dp: replicated | sharded (owner-compute)
 
     def qk_clip_enabled(self) -> bool:
         return self.qk_clip == "on" or (self.qk_clip == "auto" and self.name == "muon")
@@ -124,6 +125,12 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    mode: str = "none"               # none (one process) | dp (DDP) | fsdp (FSDP2); dp/fsdp: torchrun
+    backend: str = "auto"            # auto (nccl on CUDA, else gloo) | gloo | nccl
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
@@ -132,6 +139,7 @@ class Config:
     sched: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         check(self)
@@ -153,6 +161,9 @@ _CHOICES = {
     ("optim", "name"): ("muon", "adamw"),
     ("optim", "muon_impl"): ("ours", "torch"),
     ("optim", "qk_clip"): ("auto", "on", "off"),
+    ("optim", "muon_dist"): ("replicated", "sharded"),
+    ("parallel", "mode"): ("none", "dp", "fsdp"),
+    ("parallel", "backend"): ("auto", "gloo", "nccl"),
     ("sched", "kind"): ("wsd", "cosine", "constant"),
     ("sched", "shape"): ("cosine", "linear", "sqrt"),
     ("data", "tokenizer"): ("byte", "bpe"),
@@ -181,6 +192,12 @@ def check(cfg: Config) -> None:
     if not cfg.optim.qk_clip_tau > 0:
         raise ConfigError(f"optim.qk_clip_tau must be > 0, got {cfg.optim.qk_clip_tau}")
     _check_read_variant(cfg)
+    if cfg.optim.muon_dist == "sharded" and cfg.parallel.mode != "dp":
+        raise ConfigError(f"optim.muon_dist = sharded applies to parallel.mode = dp (fsdp already "
+                          f"shards momentum), got parallel.mode = {cfg.parallel.mode}")
+    if cfg.parallel.mode == "fsdp" and cfg.optim.name == "muon" and cfg.optim.muon_impl == "torch":
+        raise ConfigError("optim.muon_impl = torch runs Newton-Schulz on local shards under "
+                          "parallel.mode = fsdp; use optim.muon_impl = ours")
 
 
 def _check_read_variant(cfg: Config) -> None:

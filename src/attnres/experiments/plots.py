@@ -1,4 +1,5 @@
-"""PNG plots of a comparison: loss curves, depth profiles and depth-attention maps."""
+"""PNG plots of a comparison: loss curves, depth profiles and depth-attention maps; and of the
+sweeps: loss vs compute (scaling) and loss vs block size (sweep)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,43 @@ def plot_scaling(points: dict[str, list[tuple[float, float]]], fits: dict[str, t
     ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_block_sweep(sizes: dict[int, list[float]], baseline: list[float], path: Path, title: str,
+                     paper: tuple[dict[int, float], float] | None = None) -> Path:
+    """Validation loss vs block size S (cf. [AR] Fig. 6): one dot per seed, the mean ± sd over
+    seeds as a line, the baseline's mean as a horizontal line with its ± sd band.
+
+    sizes: S -> val loss per seed; baseline: val loss per seed; paper: ({S: loss}, baseline
+    loss), drawn in a second panel."""
+    panels = [("this run", sizes, baseline)]
+    if paper is not None:
+        panels.append(("[AR] Fig. 6 (436M model, read from the figure)",
+                       {k: [v] for k, v in paper[0].items()}, [paper[1]]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (name, points, base) in zip(axes[0], panels):
+        ks = sorted(points)
+        means = np.array([np.mean(points[k]) for k in ks])
+        sds = np.array([np.std(points[k], ddof=1) if len(points[k]) > 1 else 0.0 for k in ks])
+        for k in ks:
+            ax.scatter([k] * len(points[k]), points[k], s=12, alpha=0.4, color=COLORS["block"])
+        ax.errorbar(ks, means, yerr=sds, fmt="o-", ms=4, capsize=3, color=COLORS["block"],
+                    label="Block AttnRes (S = 1: Full)")
+        if base:
+            mean = float(np.mean(base))
+            ax.axhline(mean, color=COLORS["baseline"], ls="--", lw=1.2, label="baseline (PreNorm)")
+            if len(base) > 1:
+                sd = float(np.std(base, ddof=1))
+                ax.axhspan(mean - sd, mean + sd, color=COLORS["baseline"], alpha=0.12, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.set(title=name, xlabel="block size S (sublayers per block)",
+               ylabel="validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     return _save(fig, path)
 
 

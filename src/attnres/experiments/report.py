@@ -8,7 +8,9 @@ folder, so `results/` holds `results/scaling/...` beside, later, `results/ablate
 The tables are generic (`mean_sd_table`: mean ± sd over seeds per group and arm, with the
 paired difference to the baseline of the same seed). An experiment with more to say registers a
 renderer in `RENDERERS`; `scaling` adds its ladder, the power-law fits, the compute advantage
-and a plot. Experiments without one get the generic table.
+and a plot; `ablate` and `sweep` (Table 4, Fig. 6) add the paper's values beside ours, the
+[D] orderings judged on paired seeds and, for the sweep, a plot of loss vs S. Experiments
+without one get the generic table.
 """
 
 from __future__ import annotations
@@ -230,11 +232,227 @@ def render_scaling(runs: list[dict[str, Any]], summary: dict[str, Any] | None = 
     return "\n".join(lines)
 
 
+# --- ablate and sweep: [AR] Table 4 and the block-size sweep (Fig. 6) --------------------------
+
+# The [D] orderings of targets.md A3 as paired comparisons (a, relation, b) of the val loss:
+# "<" and "≤" are judged by the sign of the mean paired difference a − b, "≈" by |mean| ≤ 2 sd.
+ABLATE_CLAIMS = (
+    ("full-input-query", "≤", "full"),
+    ("full", "<", "full-sigmoid"),
+    ("full", "<", "full-no-key-norm"),
+    ("full-sigmoid", "≈", "full-no-key-norm"),
+    ("full-sigmoid", "<", "full-static-mixing"),
+    ("full-no-key-norm", "<", "full-static-mixing"),
+    ("swa", "≈", "baseline"),
+    ("denseformer", "≈", "baseline"),
+    ("block", "<", "block-no-key-norm"),
+    ("block-no-key-norm", "<", "block-multihead"),
+)
+
+
+def paired_difference(runs: list[dict[str, Any]], a: str, b: str, key: str = "val_loss") -> list[float]:
+    """a − b per seed, over the seeds both arms ran (runs of one experiment and group)."""
+    va = {r["seed"]: r[key] for r in runs if r["arm"] == a}
+    vb = {r["seed"]: r[key] for r in runs if r["arm"] == b}
+    return [va[k] - vb[k] for k in sorted(va.keys() & vb.keys())]
+
+
+def _stats_entry(values: list[float]) -> dict[str, Any]:
+    mean, sd, n = mean_sd(values)
+    return {"mean": mean, "sd": None if math.isnan(sd) else sd, "n": n, "values": list(values)}
+
+
+def _claim(runs: list[dict[str, Any]], a: str, relation: str, b: str) -> dict[str, Any]:
+    diffs = paired_difference(runs, a, b)
+    entry: dict[str, Any] = {"a": a, "relation": relation, "b": b, "delta": _stats_entry(diffs) if diffs else None}
+    if not diffs:
+        entry["verdict"] = "not run"
+        return entry
+    mean, sd, n = mean_sd(diffs)
+    clear = n > 1 and abs(mean) > 2 * sd
+    if relation == "≈":
+        entry["verdict"] = "— (1 seed)" if n < 2 else ("differ (|Δ| > 2 sd)" if clear else "close (|Δ| ≤ 2 sd)")
+    else:
+        holds = mean < 0 if relation == "<" else mean <= 0
+        entry["verdict"] = ("holds" if holds else "does not hold") + \
+            ("" if clear else " (1 seed)" if n < 2 else " (|Δ| ≤ 2 sd)")
+    return entry
+
+
+def _claims_table(checks: list[dict[str, Any]], names: dict[str, str] | None = None) -> list[str]:
+    names = names or {}
+    lines = ["| expected | paired Δ = left − right | verdict |", "|---|---:|---|"]
+    for c in checks:
+        d = c["delta"]
+        delta = format_mean_sd(d["values"], ".4f", signed=True) if d else "—"
+        lines.append(f"| {names.get(c['a'], c['a'])} {c['relation']} {names.get(c['b'], c['b'])} | "
+                     f"{delta} | {c['verdict']} |")
+    return lines
+
+
+def _setup_line(group: str, runs: list[dict[str, Any]]) -> str:
+    r = runs[0]
+    seeds = sorted({x["seed"] for x in runs})
+    if "d_model" not in r:
+        return f"- `{group}`: seeds {seeds}."
+    return (f"- `{group}`: d {r['d_model']}, {r['n_layers']} layers = {r['n_sublayers']} sublayers, "
+            f"heads {r['n_heads']}, d_ff {r['d_ff']}; {r['steps']:,} steps × {r['batch_size']} × "
+            f"{r['seq_len']} tokens = {r['tokens']:,} tokens per run; peak LR {r.get('lr', '?')}; "
+            f"corpus `{r.get('corpus', '?')}`; seeds {seeds}; {r.get('hardware', '?')}.")
+
+
+def _notes(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    resumed = [r for r in runs if r.get("resumed_from_step")]
+    if resumed:
+        out.append(f"{len(resumed)} run(s) resumed from a checkpoint: their wall time and tokens/s "
+                   "cover the last segment only.")
+    if any(r.get("in_process") for r in runs):
+        out.append("Some runs trained inside one process (`--in-process`, `--quick`): their peak "
+                   "RSS is that process's, accumulated over the runs before them.")
+    return [*out, ""] if out else []
+
+
+def ablate_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model (group) and variant: val loss over seeds, paired Δ vs baseline, the paper's
+    value, and the A3 orderings judged on paired seeds."""
+    from attnres.experiments.ablate import VARIANTS
+    runs = [r for r in runs if r["experiment"] == "ablate"]
+    groups = {}
+    for (group,), grp in group_runs(runs, ("group",)).items():
+        arms = {}
+        for (arm,), arm_runs in group_runs(grp, ("arm",)).items():
+            entry = _stats_entry([r["val_loss"] for r in arm_runs])
+            diffs = paired_difference(grp, arm, "baseline")
+            entry["delta"] = _stats_entry(diffs) if arm != "baseline" and diffs else None
+            entry["paper"] = VARIANTS[arm].paper if arm in VARIANTS else None
+            arms[arm] = entry
+        checks = [_claim(grp, a, rel, b) for a, rel, b in ABLATE_CLAIMS if a in arms and b in arms]
+        groups[group] = {"arms": arms, "checks": checks}
+    return {"groups": groups}
+
+
+def render_ablate(runs: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
+    from attnres.experiments.ablate import PAPER_BASELINE, VARIANTS
+    summary = summary or ablate_summary(runs)
+    order = list(VARIANTS)
+    rank = {name: (order.index(name) if name in order else len(order), name) for name in {r["arm"] for r in runs}}
+    runs = sorted(runs, key=lambda r: (str(r["group"]), rank[r["arm"]], r["seed"]))
+    lines = ["## Experiment `ablate`: [AR] Table 4 at toy scale (targets.md A3)", "",
+             "Same backbone, initialisation, data order, token budget and LR for every variant; only "
+             "the residual mechanism differs (spec attnres.md §13).", ""]
+    lines += [_setup_line(g, grp) for (g,), grp in group_runs(runs, ("group",)).items()]
+    lines += ["", "Final validation loss (nats/token), mean ± sd over seeds; Δ pairs each seed with the "
+              "baseline of the same seed. [AR] columns: the 436M model's Table 4 (val loss, Δ vs its "
+              f"baseline {PAPER_BASELINE}); compare orderings, not magnitudes. Tokens/s and peak RSS "
+              "are per run on this CPU.", "",
+              "| model | variant | seeds | val loss | Δ vs baseline (paired) | [AR] val loss | [AR] Δ | "
+              "tokens/s | peak RSS (MB) | Table-4 row |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for (group, arm), grp in group_runs(runs, ("group", "arm")).items():
+        delta = paired_difference([r for r in runs if r["group"] == group], arm, "baseline")
+        paper = VARIANTS[arm].paper if arm in VARIANTS else None
+        cells = [str(group), arm, ",".join(str(r["seed"]) for r in grp),
+                 format_mean_sd([r["val_loss"] for r in grp], ".4f"),
+                 format_mean_sd(delta, ".4f", signed=True) if arm != "baseline" else "—",
+                 f"{paper:.3f}" if paper is not None else "—",
+                 f"{paper - PAPER_BASELINE:+.3f}" if paper is not None and arm != "baseline" else "—",
+                 format_mean_sd([r["tokens_per_s"] for r in grp if "tokens_per_s" in r], ",.0f"),
+                 format_mean_sd([r["peak_rss_mb"] for r in grp if "peak_rss_mb" in r], ",.0f"),
+                 grp[0].get("label") or (VARIANTS[arm].label if arm in VARIANTS else arm)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_notes(runs)]
+    for group, entry in summary["groups"].items():
+        if entry["checks"]:
+            lines += [f"### [D] orderings of A3 on paired seeds (`{group}`)", "",
+                      "A miss is a finding at this scale, not a bug; with two seeds the sd is rough.", "",
+                      *_claims_table(entry["checks"]), ""]
+    return "\n".join(lines)
+
+
+def _sweep_size(run: dict[str, Any]) -> int:
+    return run.get("block_size") or int(str(run["arm"]).lstrip("S"))
+
+
+def sweep_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model (group): val loss by block size S and of the baseline, paired Δ, the paper's
+    Fig. 6 values, and the A4 shape judged on paired seeds."""
+    from attnres.experiments.ablate import PAPER_SWEEP
+    runs = [r for r in runs if r["experiment"] == "sweep"]
+    groups = {}
+    for (group,), grp in group_runs(runs, ("group",)).items():
+        base = [r["val_loss"] for r in grp if r["arm"] == "baseline"]
+        sizes: dict[int, dict[str, Any]] = {}
+        for r in sorted((r for r in grp if r["arm"] != "baseline"), key=_sweep_size):
+            info = sizes.setdefault(_sweep_size(r), {"arm": r["arm"], "n_blocks": r.get("n_blocks"), "runs": []})
+            info["runs"].append(r)
+        out = {}
+        for k, info in sizes.items():
+            entry = _stats_entry([r["val_loss"] for r in info["runs"]])
+            diffs = paired_difference(grp, info["arm"], "baseline")
+            entry.update(arm=info["arm"], n_blocks=info["n_blocks"], paper=PAPER_SWEEP.get(k),
+                         delta=_stats_entry(diffs) if diffs else None)
+            out[str(k)] = entry
+        arms = [info["arm"] for info in sizes.values()]
+        checks = [_claim(grp, a, "≤", b) for a, b in zip(arms, arms[1:])]
+        n_sub = grp[0].get("n_sublayers")
+        if base and n_sub in sizes:  # S = L, a single block, still beats the baseline
+            checks.append(_claim(grp, sizes[n_sub]["arm"], "<", "baseline"))
+        groups[group] = {"baseline": _stats_entry(base) if base else None, "sizes": out, "checks": checks}
+    return {"groups": groups}
+
+
+def sweep_plot_name(group: str) -> str:
+    return f"sweep_{group}.png"
+
+
+def render_sweep(runs: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
+    from attnres.experiments.ablate import PAPER_BASELINE
+    summary = summary or sweep_summary(runs)
+    lines = ["## Experiment `sweep`: block size S ([AR] Fig. 6, targets.md A4)", "",
+             "Block AttnRes with S sublayers per block (N = ⌈L/S⌉ blocks; S = 1 is Full AttnRes) on "
+             "the ablation model, against the PreNorm baseline; same backbone, budget and LR.", ""]
+    lines += [_setup_line(g, grp) for (g,), grp in group_runs(runs, ("group",)).items()]
+    lines += ["", "Final validation loss (nats/token), mean ± sd over seeds, Δ paired with the baseline "
+              f"of the same seed. [AR] columns: Fig. 6 read from the figure (baseline {PAPER_BASELINE}).", "",
+              "| model | S | N | seeds | val loss | Δ vs baseline (paired) | [AR] val loss | [AR] Δ | "
+              "tokens/s | peak RSS (MB) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for (group,), grp in group_runs(runs, ("group",)).items():
+        ordered = sorted(grp, key=lambda r: (0 if r["arm"] == "baseline" else _sweep_size(r), r["seed"]))
+        for (arm,), arm_runs in group_runs(ordered, ("arm",)).items():
+            k = None if arm == "baseline" else _sweep_size(arm_runs[0])
+            entry = summary["groups"][group]["sizes"].get(str(k), {}) if k else {}
+            paper = PAPER_BASELINE if k is None else entry.get("paper")
+            delta = paired_difference(grp, arm, "baseline")
+            cells = [str(group), "baseline" if k is None else str(k),
+                     "—" if k is None else str(entry.get("n_blocks") or "?"),
+                     ",".join(str(r["seed"]) for r in arm_runs),
+                     format_mean_sd([r["val_loss"] for r in arm_runs], ".4f"),
+                     "—" if k is None else format_mean_sd(delta, ".4f", signed=True),
+                     f"{paper:.3f}" if paper is not None else "—",
+                     f"{paper - PAPER_BASELINE:+.3f}" if paper is not None and k is not None else "—",
+                     format_mean_sd([r["tokens_per_s"] for r in arm_runs if "tokens_per_s" in r], ",.0f"),
+                     format_mean_sd([r["peak_rss_mb"] for r in arm_runs if "peak_rss_mb" in r], ",.0f")]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_notes(runs)]
+    names = {e["arm"]: f"S={k}" for g in summary["groups"].values() for k, e in g["sizes"].items()}
+    for group, entry in summary["groups"].items():
+        if entry["checks"]:
+            lines += [f"### [D] shape of A4 on paired seeds (`{group}`)", "",
+                      "Expected: the loss is nondecreasing in S, and S = L (N = 1) still beats the "
+                      "baseline. A miss is a finding at this scale, not a bug.", "",
+                      *_claims_table(entry["checks"], names), ""]
+        lines += [f"![val loss vs S ({group})]({sweep_plot_name(group)})", ""]
+    return "\n".join(lines)
+
+
 # experiment -> (summary of its runs, saved in summary.json; markdown from runs and summary)
 Summariser = Callable[[list[dict[str, Any]]], dict[str, Any]]
 Renderer = Callable[[list[dict[str, Any]], dict[str, Any] | None], str]
 RENDERERS: dict[str, tuple[Summariser | None, Renderer]] = {
     "scaling": (scaling_summary, render_scaling),
+    "ablate": (ablate_summary, render_ablate),
+    "sweep": (sweep_summary, render_sweep),
 }
 
 
@@ -261,7 +479,8 @@ def build_report(root: str | Path) -> Report:
 
 
 def write_report(root: str | Path) -> Report:
-    """Rebuild `report.md`, `summary.json` and, for a scaling sweep, `scaling.png` in `root`."""
+    """Rebuild `report.md`, `summary.json` and, for a scaling sweep, `scaling.png` in `root`
+    (for a block-size sweep, `sweep_<model>.png`)."""
     from attnres.experiments import plots
     root = Path(root)
     rep = build_report(root)
@@ -276,4 +495,11 @@ def write_report(root: str | Path) -> Report:
         fits = {arm: (e["A"], e["alpha"]) for arm, e in scaling["fits"].items() if "A" in e}
         rep.files.append(plots.plot_scaling(points, fits, root / "scaling.png",
                                             "validation loss vs training compute (dense ladder)"))
+    for group, entry in rep.summaries.get("sweep", {}).get("groups", {}).items():
+        from attnres.experiments.ablate import PAPER_BASELINE, PAPER_SWEEP
+        sizes = {int(k): e["values"] for k, e in entry["sizes"].items()}
+        base = entry["baseline"]["values"] if entry["baseline"] else []
+        rep.files.append(plots.plot_block_sweep(sizes, base, root / sweep_plot_name(group),
+                                                f"validation loss vs block size S ({group})",
+                                                paper=(PAPER_SWEEP, PAPER_BASELINE)))
     return rep

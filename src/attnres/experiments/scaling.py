@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -197,31 +198,58 @@ def run_scaling(s: ScalingSettings, dry_run: bool = False) -> report.Report | No
     print(format_plan(s, runs, vocab), flush=True)
     if dry_run:
         return None
+    jobs = [Job(f"{run.size.name} {run.arm} seed {run.seed}", run.cfg, run.steps,
+                result_path(out, run), run_folder(s.runs, run),
+                lambda result, start, run=run: run_record(run, result, vocab, data.corpus_name, start))
+            for run in runs]
+    trained, skipped = run_jobs(jobs, s.in_process)
+    print(f"finished {trained} runs, {skipped} already done", flush=True)
+    return report.write_report(out)
+
+
+@dataclass
+class Job:
+    """One run of a resumable sweep: its config, where its raw result JSON and its run folder
+    go, and how the JSON is made from the trained run, `record(result, resumed_from_step)`."""
+    label: str
+    cfg: Config
+    steps: int
+    result_path: Path
+    run_dir: Path
+    record: Callable[[dict[str, Any], int], dict[str, Any]]
+
+
+def run_jobs(jobs: list[Job], in_process: bool = False) -> tuple[int, int]:
+    """Train every job whose result JSON is missing, in order; returns (trained, skipped).
+
+    A finished result is checked against the job's settings and skipped; a run folder that
+    already holds the finished run (e.g. one another sweep shares) is collected, not retrained;
+    an unfinished one continues from its last checkpoint. Runs made with other settings are
+    refused (`ConfigError`), never mixed in."""
     trained = skipped = 0
-    for run in runs:
-        path = result_path(out, run)
-        if path.exists():
-            _check_same(path, json.loads(path.read_text()).get("config"), run.cfg, "result")
+    for job in jobs:
+        if job.result_path.exists():
+            _check_same(job.result_path, json.loads(job.result_path.read_text()).get("config"),
+                        job.cfg, "result")
             skipped += 1
             continue
-        run_dir = run_folder(s.runs, run)
+        run_dir = job.run_dir
         if (run_dir / "config.json").exists():
-            _check_same(run_dir, json.loads((run_dir / "config.json").read_text()), run.cfg, "run folder")
+            _check_same(run_dir, json.loads((run_dir / "config.json").read_text()), job.cfg, "run folder")
         segment = run_dir / "segment.json"  # where the last training segment started
-        if _finished(run_dir, run.steps):  # trained before, but its result JSON went missing
-            print(f"== {run.size.name} {run.arm} seed {run.seed}: already trained in {run_dir}", flush=True)
+        if _finished(run_dir, job.steps):  # trained before (its result JSON missing or elsewhere)
+            print(f"== {job.label}: already trained in {run_dir}", flush=True)
             result = compare.read_arm(run_dir)
             start = json.loads(segment.read_text())["start_step"] if segment.exists() else 0
         else:
             start = _checkpoint_step(run_dir)
-            print(f"== {run.size.name} {run.arm} seed {run.seed}: {run.steps} steps"
+            print(f"== {job.label}: {job.steps} steps"
                   + (f", resuming at step {start}" if start else "") + f" -> {run_dir}", flush=True)
             _write_json(segment, {"start_step": start})
-            result = compare.run_arm(run.cfg, run_dir, resume=True, in_process=s.in_process)
-        _write_json(path, run_record(run, result, vocab, data.corpus_name, start))
+            result = compare.run_arm(job.cfg, run_dir, resume=True, in_process=in_process)
+        _write_json(job.result_path, job.record(result, start))
         trained += 1
-    print(f"finished {trained} runs, {skipped} already done", flush=True)
-    return report.write_report(out)
+    return trained, skipped
 
 
 def run_record(run: Run, result: dict[str, Any], vocab_size: int, corpus: str,

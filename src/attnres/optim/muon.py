@@ -3,6 +3,8 @@
 `Muon` is the canonical implementation: heavy-ball momentum stored as is, Nesterov by default,
 NS in a configurable dtype, 2-D units and 3-D expert stacks [E, out, in] orthogonalised per
 expert. `build_muon(..., impl="torch")` wraps `torch.optim.Muon` (2-D units only) instead.
+Under FSDP2 a unit is a DTensor shard: momentum stays sharded and Newton–Schulz runs on the
+gathered full matrix (spec §9), each rank keeping its slice of the update.
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def rms_scale(shape: torch.Size | tuple[int, ...]) -> float:
 def default_ns_dtype(p: Tensor) -> torch.dtype:
     """bf16 for CUDA parameters ([ML]: NS "only requires bf16"), fp32 elsewhere (spec §2)."""
     return torch.bfloat16 if p.is_cuda else torch.float32
+
+
+def is_sharded(t: Tensor) -> bool:
+    """A DTensor shard (FSDP2 parameters, gradients and momenta)."""
+    return hasattr(t, "full_tensor") and hasattr(t, "placements")
+
+
+def orthogonalise_sharded(n: Tensor, steps: int, coeffs: tuple[float, float, float],
+                          dtype: torch.dtype, eps: float) -> tuple[Tensor, Tensor]:
+    """NS of a DTensor unit (spec §9: NS must see the full logical matrix; 3-D: each expert's):
+    gather the full matrix (an all-gather), orthogonalise it on every rank (the same result),
+    keep this rank's shard. Returns (O as a DTensor like `n`, the full O)."""
+    from torch.distributed.tensor import distribute_tensor
+    o_full = zeropower_newton_schulz(n.full_tensor(), steps, coeffs, dtype, eps)
+    return distribute_tensor(o_full, n.device_mesh, n.placements, src_data_rank=None), o_full
 
 
 def _named(params) -> list[tuple[str, Tensor]]:
@@ -181,11 +198,14 @@ class Muon(torch.optim.Optimizer):
                 m.mul_(mu).add_(g)                             # heavy-ball sum
                 n = g.add(m, alpha=mu) if group["nesterov"] else m
                 ns_dtype = group["ns_dtype"] if group["ns_dtype"] is not None else default_ns_dtype(p)
-                o = zeropower_newton_schulz(n, group["ns_steps"], group["ns_coefficients"],
-                                            ns_dtype, group["eps"])
+                ns_args = (group["ns_steps"], group["ns_coefficients"], ns_dtype, group["eps"])
+                if is_sharded(n):                              # FSDP2 shard: NS on the full matrix
+                    o, o_full = orthogonalise_sharded(n, *ns_args)
+                else:
+                    o = o_full = zeropower_newton_schulz(n, *ns_args)
                 scale = rms_scale(p.shape)                     # per-expert (out, in) for 3-D
                 if group["track_update_rms"]:
-                    self._update_rms[key] = o.square().mean().sqrt().mul_(scale)
+                    self._update_rms[key] = o_full.square().mean().sqrt().mul_(scale)
                 if p.dtype == work:
                     p.mul_(1.0 - lr * wd).add_(o, alpha=-lr * scale)
                 else:

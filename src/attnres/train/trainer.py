@@ -3,6 +3,13 @@
 Step order (spec optim.md §8): forward, backward, global grad-norm clip, optimizer step (Muon +
 AdamW), QK-Clip, LR schedule, zero grads. A non-finite loss stops the run before anything is
 saved, so the last good checkpoint stays the latest one.
+
+Data parallelism (`parallel.mode` dp | fsdp, under torchrun; docs/DISTRIBUTED.md) is applied from
+outside by `attnres.parallel.distributed.Parallel`: `train.batch_size` is the global batch and each
+rank trains on its slice of it; gradients are averaged by DDP / FSDP2, MoE counts summed and
+QK-Clip maxima max-reduced through the `reduce` hooks; logged losses are the global mean; only
+rank 0 writes metrics, progress and checkpoints (gathered full state, the single-process format).
+With `parallel.mode = none` nothing communicates and the run is the single-process one.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from tqdm.auto import tqdm
 
 from attnres import units
 from attnres.analysis.depth import depth_analysis
-from attnres.config import Config, from_dict
+from attnres.config import Config, ConfigError, from_dict
 from attnres.data import BatchLoader, TokenData, check_length, eval_batches, prepare_data
 from attnres.data.tokenizer import tokenizer_from_dict
 from attnres.optim import build_optimizer, build_scheduler
-from attnres.optim.qk_clip import apply_qk_clip, enable_tracking, reset_max_logits
+from attnres.optim.qk_clip import apply_qk_clip, attention_layers, enable_tracking, reset_max_logits
+from attnres.parallel.distributed import Parallel
 from attnres.train import checkpoint as ckpt
 from attnres.layers.moe import moe_layers, update_all_biases
 from attnres.train.build import build_model, model_config, model_meta, resolve_device
@@ -57,7 +65,9 @@ class Trainer:
                  resume: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
-        self.device = resolve_device(cfg.train.device)
+        device = resolve_device(cfg.train.device)
+        self.par = Parallel(cfg.parallel.mode, cfg.parallel.backend, device)  # none: 1 process
+        self.device = self.par.device(device)
         self.data = data or prepare_data(cfg.data.source, cfg.data.tokenizer,
                                          cfg.data.vocab_size or None, cfg.data.val_fraction,
                                          cfg.data.cache_dir)
@@ -66,18 +76,25 @@ class Trainer:
         check_length(self.data.train, self.seq_len, "training split")
         check_length(self.data.val, self.seq_len, "validation split")
         self.model = build_model(cfg, self.data.tokenizer.vocab_size).to(self.device)
+        self.net = self.par.wrap(self.model, self.device)  # what training forwards run through
         self.optimizer = build_optimizer(
             self.model, optimizer=cfg.optim.name, lr=cfg.optim.lr,
             weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
             momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, ns_steps=cfg.optim.ns_steps,
             muon_impl=cfg.optim.muon_impl)
+        self.optimizer = self.par.shard_muon(self.optimizer, cfg.optim.muon_dist)
         warmup = None if cfg.sched.warmup_steps < 0 else cfg.sched.warmup_steps
         self.scheduler = build_scheduler(self.optimizer, kind=cfg.sched.kind,
                                          total_steps=cfg.train.steps, warmup_steps=warmup,
                                          decay_frac=cfg.sched.decay_frac,
                                          final_ratio=cfg.sched.final_ratio, shape=cfg.sched.shape)
-        self.loader = BatchLoader(self.data.train, cfg.train.batch_size, self.seq_len,
-                                  cfg.train.data_seed)
+        world = self.par.world  # each rank takes its slice of the global batch
+        if cfg.train.batch_size % world.size:
+            raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is "
+                              f"not divisible by the {world.size} data-parallel ranks")
+        self.loader = BatchLoader(self.data.train, cfg.train.batch_size // world.size,
+                                  self.seq_len, cfg.train.data_seed, rank=world.rank,
+                                  world_size=world.size)
         self.eval_set = eval_batches(self.data.val, cfg.train.batch_size, self.seq_len,
                                      cfg.train.eval_batches)
         self.step = 0
@@ -86,6 +103,9 @@ class Trainer:
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
         # QK-Clip (optim.md §6): attention layers track their per-head max logit while training.
         self.qk_clip = cfg.optim.qk_clip_enabled() and enable_tracking(self.model) > 0
+        # FSDP: the q/k weights QK-Clip rescales are gathered whole around it
+        self._qk_weights = [getattr(m, n) for _, m in attention_layers(self.model)
+                            for n in ("q_proj", "k_proj", "kv_b_proj") if hasattr(m, n)]
         self._qk_record: dict[str, Any] = {}  # the last step's max logits and clipped heads
         if resume is not None:
             self._resume(resume)
@@ -107,7 +127,7 @@ class Trainer:
         start_wall = time.perf_counter()
         train_s, trained_tokens = self._loop(cfg.steps)
         val_loss, val_bpb = self.evaluate()
-        if cfg.analysis:
+        if cfg.analysis and self.par.is_main and not self.par.sharded:  # fsdp: not run
             analysis = depth_analysis(self.model, *self.eval_set[0], device=self.device,
                                       autocast=self.autocast)
             (self.run_dir / "analysis.json").write_text(json.dumps(analysis))
@@ -118,7 +138,8 @@ class Trainer:
                            params=self.model.num_params(), run_dir=str(self.run_dir))
         with self._metrics() as metrics:
             metrics.log("final", self.step, **{k: v for k, v in result.to_dict().items() if k != "step"})
-        (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        if self.par.is_main:
+            (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
 
     def train_steps_only(self, stop_at: int) -> None:
@@ -127,11 +148,12 @@ class Trainer:
 
     def _loop(self, stop_at: int) -> tuple[float, int]:
         cfg = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        if self.par.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         train_s, trained_tokens = 0.0, 0
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step",
-                   dynamic_ncols=True, desc=self.run_dir.name)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not self.par.is_main,
+                   unit="step", dynamic_ncols=True, desc=self.run_dir.name)
         with self._metrics() as metrics, bar:
             if self.step == 0:
                 metrics.log("params", 0, **self.param_counts())
@@ -155,8 +177,9 @@ class Trainer:
                     val_loss, val_bpb = self.evaluate()
                     metrics.log("eval", self.step, val_loss=val_loss, val_bpb=val_bpb)
                     self.history.append({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb})
-                    bar.write(f"{self.run_dir.name} step {self.step}: val loss {val_loss:.4f}, "
-                              f"val bpb {val_bpb:.4f}")
+                    if self.par.is_main:
+                        bar.write(f"{self.run_dir.name} step {self.step}: val loss "
+                                  f"{val_loss:.4f}, val bpb {val_bpb:.4f}")
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < stop_at:
                     self.save()
         self.save()
@@ -166,6 +189,9 @@ class Trainer:
     def _metrics(self):
         """Metrics are appended across resumes, so a resumed run keeps one continuous log."""
         fresh = self.step == 0 and not getattr(self, "_metrics_started", False)
+        if not self.par.is_main:  # only rank 0 writes metrics
+            yield _NoMetrics()
+            return
         writer = MetricsWriter(self.run_dir, tensorboard=self.cfg.train.tensorboard, append=not fresh)
         self._metrics_started = True
         try:
@@ -177,24 +203,27 @@ class Trainer:
         self.model.train()
         x, y = (t.to(self.device) for t in self.loader.get(self.step))
         with self.autocast():
-            _, loss = self.model(x, y)
-        value = loss.item()
+            _, loss = self.net(x, y)
+        value = self.par.mean(loss.item())  # the global batch's mean loss on every rank
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss became {value} at step {self.step + 1}; stopping "
                                    f"(the last checkpoint in {self.run_dir} is kept)")
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(grad_norm):  # a non-finite gradient skips the update (optim.md §8)
             self.optimizer.step()
             if self.qk_clip:  # on the updated weights; resets the statistics
-                self._qk_record = apply_qk_clip(self.model, self.cfg.optim.qk_clip_tau).to_record()
+                with self.par.full_weights(self._qk_weights):
+                    self._qk_record = apply_qk_clip(self.model, self.cfg.optim.qk_clip_tau,
+                                                    reduce=self.par.max_).to_record()
         elif self.qk_clip:  # a skipped step still resets
             reset_max_logits(self.model)
         self.scheduler.step()
         if self.has_moe:  # aux-loss-free balancing: bias update after the step (kimi_linear.md §4)
-            for name, stats in update_all_biases(self.model).items():
+            for name, stats in update_all_biases(self.model, reduce=self.par.sum_).items():
                 total = self._expert_counts.setdefault(name, [0] * len(stats["counts"]))
                 self._expert_counts[name] = [a + b for a, b in zip(total, stats["counts"])]
         self.optimizer.zero_grad(set_to_none=True)
@@ -225,10 +254,16 @@ class Trainer:
         return out
 
     def save(self) -> Path:
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
-                                    self.scheduler, self.meta(),
-                                    extra_state={"data_position": self.step,
-                                                 "history": self.history})
+        # dp/fsdp: every rank helps gather the full state, rank 0 writes it
+        model, optimizer = self.par.snapshot(self.model, self.optimizer)
+        path = self.run_dir / "checkpoints" / f"step-{self.step}"
+        if self.par.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, model, optimizer,
+                                        self.scheduler, self.meta(),
+                                        extra_state={"data_position": self.step,
+                                                     "history": self.history})
+        self.par.barrier()
+        return path
 
     def autocast(self):
         if self.cfg.train.dtype == "float32":
@@ -256,16 +291,24 @@ class Trainer:
         if meta.get("data_fingerprint") != self.data.fingerprint:
             raise ckpt.CheckpointError(f"{where}: saved with other training data "
                                        f"({meta.get('corpus')}); resuming would change the trajectory")
-        ckpt.load_weights(where, self.model)
+        ckpt.load_weights(where, self.par.loadable(self.model))  # fsdp: each rank keeps its shard
         state = ckpt.load_state(where)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
+            self.par.after_optimizer_load(self.optimizer)
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise ckpt.CheckpointError(f"{where}/state.pt: cannot restore ({err})") from None
         self.step = state["step"]
         self.history = list(state.get("extra", {}).get("history", []))
+
+
+class _NoMetrics:
+    """The metrics sink of ranks other than 0."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass
 
 
 def config_from_checkpoint(path: str | Path) -> tuple[Config, Path, dict[str, Any]]:
