@@ -60,6 +60,15 @@ def test_missing_cuda_is_a_clear_error(capsys, tiny_overrides):
     assert code == 2 and "CUDA is not available" in err
 
 
+def test_pipeline_flags_reach_the_config_and_need_torchrun(capsys):
+    code, _, err = run_cli(capsys, "train", "--pp", "2", "--virtual-stages", "2",
+                           "--no-pp-cache", "--set", "residual.kind=attnres")
+    assert code == 2 and "torchrun --standalone --nproc-per-node 2" in err
+    assert err.strip().count("\n") == 0
+    code, _, err = run_cli(capsys, "train", "--pp", "2", "--parallel", "dp")
+    assert code == 2 and "cannot be combined with parallel.mode = dp" in err
+
+
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "attnres.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

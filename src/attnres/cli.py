@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", default=None, choices=("none", "dp", "fsdp"),
                    help="data parallelism under torchrun (default: parallel.mode = none); "
                    "see docs/DISTRIBUTED.md")
+    p.add_argument("--pp", type=int, default=None, metavar="P",
+                   help="pipeline parallelism over P ranks under torchrun --nproc-per-node P "
+                   "(parallel.pp; default 1)")
+    p.add_argument("--virtual-stages", type=int, default=None, metavar="V",
+                   help="virtual stages per pipeline rank, interleaved 1F1B when V > 1 "
+                   "(parallel.virtual_stages; default 1)")
+    p.add_argument("--pp-cache", default=None, action=argparse.BooleanOptionalAction,
+                   help="AttnRes cross-stage caching: only block increments travel "
+                   "(parallel.pp_cache; default on)")
+    p.add_argument("--microbatches", type=int, default=None, metavar="M",
+                   help="pipeline micro-batches per step (parallel.microbatches; default: "
+                   "the smallest M >= P dividing the batch that the schedule accepts)")
 
     p = sub.add_parser("generate", help="sample text from a checkpoint")
     p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
@@ -171,12 +183,18 @@ def _train(args) -> int:
         overrides.append(f"train.dtype={args.dtype}")
     if args.parallel:
         overrides.append(f"parallel.mode={args.parallel}")
+    for key, value in (("pp", args.pp), ("virtual_stages", args.virtual_stages),
+                       ("microbatches", args.microbatches)):
+        if value is not None:
+            overrides.append(f"parallel.{key}={value}")
+    if args.pp_cache is not None:
+        overrides.append(f"parallel.pp_cache={str(args.pp_cache).lower()}")
     cfg = config_mod.load(args.config, overrides)
     try:
         trainer = Trainer(cfg, run_dir=args.out, resume=args.resume)
         result = trainer.train()
     finally:
-        if cfg.parallel.mode != "none":
+        if cfg.parallel.mode != "none" or cfg.parallel.pp > 1:
             from attnres.parallel.distributed import cleanup
             cleanup()
     if not trainer.par.is_main:

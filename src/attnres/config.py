@@ -128,6 +128,27 @@ class TrainConfig:
 class ParallelConfig:
     mode: str = "none"               # none (one process) | dp (DDP) | fsdp (FSDP2); dp/fsdp: torchrun
     backend: str = "auto"            # auto (nccl on CUDA, else gloo) | gloo | nccl
+    pp: int = 1                      # pipeline ranks P (> 1: torchrun with P processes, mode none)
+    virtual_stages: int = 1          # V: chunks per pipeline rank (interleaved schedule when > 1)
+    pp_cache: bool = True            # AttnRes cross-stage caching: only block increments travel
+    microbatches: int = 0            # M per step; 0 = pp_microbatches' default
+
+    def pp_microbatches(self, batch_size: int) -> int:
+        """M: the configured value, or the smallest M >= P that divides the batch and suits the
+        schedule (V = 1: M >= P; V > 1: M divisible by max(1, M // P)); failing that (V > 1, a
+        batch smaller than P or not divisible by it), the largest divisor of the batch below P.
+        0 when no M fits (`check` reports it)."""
+        if self.microbatches:
+            return self.microbatches
+        fits = [m for m in range(1, batch_size + 1)
+                if batch_size % m == 0 and _schedule_accepts(m, self.pp, self.virtual_stages)]
+        at_least_p = [m for m in fits if m >= self.pp]
+        return at_least_p[0] if at_least_p else max(fits, default=0)
+
+
+def _schedule_accepts(m: int, P: int, V: int) -> bool:
+    """Whether PyTorch's 1F1B (V = 1) or interleaved 1F1B (V > 1) schedule takes M = m."""
+    return m >= P if V == 1 else m % max(1, m // P) == 0
 
 
 @dataclass
@@ -173,7 +194,7 @@ _CHOICES = {
 _POSITIVE = {("attnres", "block_size"), ("attnres", "two_phase_group"), ("attnres", "heads"),
              ("train", "steps"),
              ("train", "batch_size"), ("train", "eval_batches"), ("train", "log_every"),
-             ("optim", "ns_steps")}
+             ("optim", "ns_steps"), ("parallel", "pp"), ("parallel", "virtual_stages")}
 
 
 def check(cfg: Config) -> None:
@@ -198,6 +219,45 @@ def check(cfg: Config) -> None:
     if cfg.parallel.mode == "fsdp" and cfg.optim.name == "muon" and cfg.optim.muon_impl == "torch":
         raise ConfigError("optim.muon_impl = torch runs Newton-Schulz on local shards under "
                           "parallel.mode = fsdp; use optim.muon_impl = ours")
+    _check_pipeline(cfg)
+
+
+def _check_pipeline(cfg: Config) -> None:
+    """parallel.pp / virtual_stages / microbatches (docs/DISTRIBUTED.md, "Pipeline parallelism");
+    the world size (= pp) and the model depth (2·n_layers >= pp·virtual_stages) are checked when
+    the trainer starts."""
+    par, batch = cfg.parallel, cfg.train.batch_size
+    if par.microbatches < 0:
+        raise ConfigError(f"parallel.microbatches must be >= 0 (0 = automatic), "
+                          f"got {par.microbatches}")
+    if par.pp == 1:
+        if par.virtual_stages != 1 or par.microbatches:
+            raise ConfigError("parallel.virtual_stages and parallel.microbatches apply only to "
+                              f"parallel.pp > 1, got pp = 1 (virtual_stages = "
+                              f"{par.virtual_stages}, microbatches = {par.microbatches})")
+        return
+    if par.mode != "none":
+        raise ConfigError(f"parallel.pp = {par.pp} cannot be combined with parallel.mode = "
+                          f"{par.mode} in this build (no pipeline x data parallelism yet); use "
+                          f"one of them")
+    kind = cfg.residual.kind
+    if kind not in ("prenorm", "attnres") or (kind == "attnres" and cfg.attnres.window):
+        raise ConfigError(f"parallel.pp > 1 supports residual.kind prenorm or attnres without "
+                          f"attnres.window, got residual.kind = {kind}"
+                          + (f", attnres.window = {cfg.attnres.window}" if kind == "attnres" else ""))
+    m = par.pp_microbatches(batch)
+    if m == 0:
+        raise ConfigError(f"parallel.pp = {par.pp}, virtual_stages = 1: train.batch_size = "
+                          f"{batch} must be >= pp to fill the 1F1B schedule")
+    if batch % m:
+        raise ConfigError(f"train.batch_size = {batch} is not divisible by parallel.microbatches "
+                          f"= {m}")
+    if not _schedule_accepts(m, par.pp, par.virtual_stages):
+        need = (f"M >= pp = {par.pp}" if par.virtual_stages == 1 else
+                f"M divisible by max(1, M // pp) = {max(1, m // par.pp)}")
+        raise ConfigError(f"parallel.microbatches = {m} does not suit the "
+                          f"{'interleaved ' if par.virtual_stages > 1 else ''}1F1B schedule "
+                          f"(needs {need})")
 
 
 def _check_read_variant(cfg: Config) -> None:

@@ -7,11 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnres import config, tags
+from attnres import config
+from attnres.bench.qk_clip import train_max_logits
 from attnres.layers.attention import Attention, apply_rotary, rotary_tables, visible_max_logit
 from attnres.layers.mla import MultiHeadLatentAttention
-from attnres.layers.norm import RMSNorm
-from attnres.optim import build_optimizer
 from attnres.optim.qk_clip import (
     apply_qk_clip,
     attention_layers,
@@ -300,51 +299,6 @@ def test_pack_pads_narrow_layers_and_reduce_sees_one_tensor():
 
 
 # --- (5) a short training run -------------------------------------------------------------
-
-class TinyLM(nn.Module):
-    """Embedding, an MLA and a dense GQA mixer with PreNorm residuals, a head."""
-
-    def __init__(self, vocab=16):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, D)
-        self.mixers = nn.ModuleList([MultiHeadLatentAttention(D, H, D_NOPE, D_ROPE, D_V, R_KV),
-                                     Attention(D, H, 2)])
-        self.norms = nn.ModuleList([RMSNorm(D) for _ in range(3)])
-        self.head = nn.Linear(D, vocab, bias=False)
-        for p in (self.embed.weight, self.head.weight):
-            tags.set_group(p, tags.ADAMW)
-
-    def forward(self, idx):
-        h = self.embed(idx)
-        for norm, mixer in zip(self.norms, self.mixers):
-            h = h + mixer(norm(h))
-        return self.head(self.norms[-1](h))
-
-
-def train_max_logits(clip, tau, steps=80, lr=1e-2, vocab=16):
-    """Muon at a high LR on a copy task (sharpening attention) over one fixed batch; per step,
-    the per-layer, per-head max logit measured in that step's forward (before its update)."""
-    torch.manual_seed(0)
-    first = torch.randint(0, vocab, (8, 12))
-    seq = torch.cat([first, first], dim=1)
-    inp, tgt = seq[:, :-1], seq[:, 1:]
-    torch.manual_seed(1)
-    model = TinyLM(vocab).train()
-    enable_tracking(model)
-    opt = build_optimizer(model, lr=lr, weight_decay=0.0)
-    curve, clipped = [], 0
-    for _ in range(steps):
-        loss = F.cross_entropy(model(inp).flatten(0, 1), tgt.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        curve.append(collect_max_logits(model))
-        if clip:
-            clipped += apply_qk_clip(model, tau).n_clipped
-        else:
-            reset_max_logits(model)
-    return torch.stack(curve), clipped
-
 
 def test_training_with_qk_clip_keeps_every_head_near_tau():
     """Without clipping the max logit grows past 4τ; with it every head stays within τ plus one

@@ -20,8 +20,11 @@ OPTIMIZERS = ("muon", "adamw")
 MOMENTUM_FORM = {"muon": "heavy_ball", "muon_torch": "ema"}  # spec §4: buffers differ by 1 − μ
 
 
-def route_parameters(model: nn.Module) -> dict[str, Named]:
+def route_parameters(model: nn.Module | Named) -> dict[str, Named]:
     """Split the trainable parameters of `model` by their optimizer-group tag.
+
+    `model` may also be a list of (name, parameter) pairs, e.g. one pipeline stage's
+    (`PipelineRunner.named_parameters()`).
 
     Returns {tags.MUON: [...], tags.ADAMW: [...], tags.ADAMW_NO_DECAY: [...]}, each a list of
     (name, parameter) in `named_parameters` order (shared parameters once, under their first name).
@@ -31,7 +34,8 @@ def route_parameters(model: nn.Module) -> dict[str, Named]:
         ValueError: a trainable parameter has no tag (or an unknown one), naming it.
     """
     routes: dict[str, Named] = {g: [] for g in tags.GROUPS}
-    for name, p in model.named_parameters():
+    named_params = model.named_parameters() if isinstance(model, nn.Module) else model
+    for name, p in named_params:
         if not p.requires_grad:
             continue
         group = tags.get_group(p)
@@ -139,7 +143,7 @@ class HybridOptimizer(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    model: nn.Module,
+    model: nn.Module | Named,
     lr: float,
     weight_decay: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.95),
@@ -151,7 +155,8 @@ def build_optimizer(
     ns_dtype: torch.dtype | None = None,
     optimizer: str = "muon",
 ) -> HybridOptimizer:
-    """Route `model`'s parameters by tag and build Muon + AdamW (spec §1, §2, §5).
+    """Route `model`'s parameters (or the given (name, parameter) pairs) by tag and build
+    Muon + AdamW (spec §1, §2, §5).
 
     optimizer="muon": `muon` units go to Muon (decay λ); `adamw` to AdamW with decay λ;
     `adamw_no_decay` to AdamW with decay 0. With muon_impl="torch" the 2-D units go to

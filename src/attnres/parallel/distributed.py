@@ -277,11 +277,20 @@ class Parallel:
     def is_main(self) -> bool:
         return self.world.rank == 0
 
+    @property
+    def data_world(self) -> World:
+        """The ranks that split the global batch: all of them."""
+        return self.world
+
     def device(self, device: torch.device) -> torch.device:
         return local_device(device) if self.enabled else device
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         return parallelize(model, self.mode, device)
+
+    def trainable(self, model: nn.Module) -> nn.Module:
+        """What the optimizer is built over: the whole model."""
+        return model
 
     def shard_muon(self, optimizer, muon_dist: str):
         """`sharded` owner-compute Muon (spec optim.md §9) for dp; `replicated` is the default."""
@@ -316,13 +325,20 @@ class Parallel:
             if dist.get_backend() == "nccl" else torch.device("cpu")
 
     # state for checkpoints: one full, world-size independent copy
-    def snapshot(self, model: nn.Module, optimizer) -> tuple[Any, Any]:
-        """Full model and optimizer state as objects with `state_dict()`. Collective for dp/fsdp
-        (every rank calls it); the model and optimizer themselves in a single process."""
+    def snapshot(self, model: nn.Module, optimizer, scheduler) -> tuple[Any, Any, Any]:
+        """Full model, optimizer and scheduler state as objects with `state_dict()`. Collective
+        for dp/fsdp (every rank calls it); the objects themselves in a single process."""
         if not self.enabled:
-            return model, optimizer
+            return model, optimizer, scheduler
         model_state = {k: v.detach() for k, v in gather_full(model.state_dict()).items()}
-        return _Snapshot(model_state), _Snapshot(gather_full(optimizer.state_dict()))
+        return _Snapshot(model_state), _Snapshot(gather_full(optimizer.state_dict())), scheduler
+
+    def local_optimizer_state(self, full: dict, optimizer, model: nn.Module) -> dict:
+        """What this rank's optimizer loads of a checkpoint's (full) optimizer state."""
+        return full
+
+    def local_scheduler_state(self, full: dict, optimizer) -> dict:
+        return full
 
     def loadable(self, model: nn.Module):
         """What `checkpoint.load_weights` loads full weights into."""

@@ -10,6 +10,14 @@ rank trains on its slice of it; gradients are averaged by DDP / FSDP2, MoE count
 QK-Clip maxima max-reduced through the `reduce` hooks; logged losses are the global mean; only
 rank 0 writes metrics, progress and checkpoints (gathered full state, the single-process format).
 With `parallel.mode = none` nothing communicates and the run is the single-process one.
+
+Pipeline parallelism (`parallel.pp` > 1, under torchrun with pp processes) is applied by
+`attnres.parallel.pp_train.PipelineParallel`: every rank builds the whole model from the same
+seed and keeps its stage (`PipelineRunner`); the optimizer covers the stage's parameters; every
+rank loads the whole batch; forward and backward are the runner's `train_step` (M micro-batches),
+the clip its cross-stage global norm, evaluation its `eval_loss`; QK-Clip maxima and MoE counts are
+reduced over the pipeline ranks; checkpoints are gathered to rank 0 in the single-process layout.
+Train records then also hold the block-vector counts of §11 (`pp_block_vectors_sent`, ...).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from attnres.data.tokenizer import tokenizer_from_dict
 from attnres.optim import build_optimizer, build_scheduler
 from attnres.optim.qk_clip import apply_qk_clip, attention_layers, enable_tracking, reset_max_logits
 from attnres.parallel.distributed import Parallel
+from attnres.parallel.pp_train import PipelineParallel
 from attnres.train import checkpoint as ckpt
 from attnres.layers.moe import moe_layers, update_all_biases
 from attnres.train.build import build_model, model_config, model_meta, resolve_device
@@ -66,7 +75,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         device = resolve_device(cfg.train.device)
-        self.par = Parallel(cfg.parallel.mode, cfg.parallel.backend, device)  # none: 1 process
+        self.par = make_parallel(cfg, device)  # mode none, pp 1: one process, no communication
         self.device = self.par.device(device)
         self.data = data or prepare_data(cfg.data.source, cfg.data.tokenizer,
                                          cfg.data.vocab_size or None, cfg.data.val_fraction,
@@ -77,18 +86,18 @@ class Trainer:
         check_length(self.data.val, self.seq_len, "validation split")
         self.model = build_model(cfg, self.data.tokenizer.vocab_size).to(self.device)
         self.net = self.par.wrap(self.model, self.device)  # what training forwards run through
-        self.optimizer = build_optimizer(
-            self.model, optimizer=cfg.optim.name, lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-            momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, ns_steps=cfg.optim.ns_steps,
-            muon_impl=cfg.optim.muon_impl)
+        # pp: the pipeline runner of this rank's stage (forward, backward, clip, eval go through it)
+        self.runner = self.par.runner if isinstance(self.par, PipelineParallel) else None
+        self.optimizer = self._build_optimizer(self.par.trainable(self.model))
         self.optimizer = self.par.shard_muon(self.optimizer, cfg.optim.muon_dist)
+        if self.runner is not None:  # checkpoints use the optimizer layout of one process
+            self.par.set_full_layout(self._build_optimizer(self.model), self.model)
         warmup = None if cfg.sched.warmup_steps < 0 else cfg.sched.warmup_steps
         self.scheduler = build_scheduler(self.optimizer, kind=cfg.sched.kind,
                                          total_steps=cfg.train.steps, warmup_steps=warmup,
                                          decay_frac=cfg.sched.decay_frac,
                                          final_ratio=cfg.sched.final_ratio, shape=cfg.sched.shape)
-        world = self.par.world  # each rank takes its slice of the global batch
+        world = self.par.data_world  # each rank takes its slice of the global batch (pp: all of it)
         if cfg.train.batch_size % world.size:
             raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is "
                               f"not divisible by the {world.size} data-parallel ranks")
@@ -97,6 +106,11 @@ class Trainer:
                                   world_size=world.size)
         self.eval_set = eval_batches(self.data.val, cfg.train.batch_size, self.seq_len,
                                      cfg.train.eval_batches)
+        if self.runner is not None and any(len(x) % self.runner.M for x, _ in self.eval_set):
+            raise ConfigError(f"the validation split gives a batch of {len(self.eval_set[-1][0])} "
+                              f"windows, not divisible by the {self.runner.M} pipeline "
+                              f"micro-batches; use more data or a shorter train.seq_len")
+        self._pp_stats: dict[str, int] = {}  # pp: block-vector counts of the last step
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.has_moe = bool(moe_layers(self.model))
@@ -168,7 +182,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                              "tokens": self.step * self.tokens_per_step, **self._qk_record}
+                              "tokens": self.step * self.tokens_per_step, **self._qk_record,
+                              **self._pp_stats}
                     metrics.log("train", self.step, **record)
                     self.history.append({"step": self.step, **record})
                     if self.has_moe:
@@ -202,16 +217,17 @@ class Trainer:
     def train_step(self) -> tuple[float, float, float]:
         self.model.train()
         x, y = (t.to(self.device) for t in self.loader.get(self.step))
-        with self.autocast():
-            _, loss = self.net(x, y)
-        value = self.par.mean(loss.item())  # the global batch's mean loss on every rank
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss became {value} at step {self.step + 1}; stopping "
-                                   f"(the last checkpoint in {self.run_dir} is kept)")
-        loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-        grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
+        if self.runner is not None:
+            value, grad_norm = self._pipeline_forward_backward(x, y)
+        else:
+            with self.autocast():
+                _, loss = self.net(x, y)
+            value = self.par.mean(loss.item())  # the global batch's mean loss on every rank
+            self._check_finite(value)
+            loss.backward()
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
         lr = self.optimizer.param_groups[0]["lr"]
         if math.isfinite(grad_norm):  # a non-finite gradient skips the update (optim.md §8)
             self.optimizer.step()
@@ -229,12 +245,34 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return value, grad_norm, lr
 
+    def _pipeline_forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """pp: forward and backward of the M micro-batches, then the clip over every stage's
+        gradients; the loss and the norm are the whole batch's, the same on every rank."""
+        with self.autocast():
+            value, self._pp_stats = self.runner.train_step(x, y)
+        self._check_finite(value)  # every rank raises together: the loss is all-reduced
+        return value, self.runner.clip_grad_norm_(self.cfg.optim.grad_clip)
+
+    def _check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value} at step {self.step + 1}; stopping "
+                                   f"(the last checkpoint in {self.run_dir} is kept)")
+
+    def _build_optimizer(self, params):
+        o = self.cfg.optim
+        return build_optimizer(params, optimizer=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                               betas=tuple(o.betas), eps=o.eps, momentum=o.momentum,
+                               nesterov=o.nesterov, ns_steps=o.ns_steps, muon_impl=o.muon_impl)
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         self.model.eval()
         total = 0.0
         for x, y in self.eval_set:
             with self.autocast():
+                if self.runner is not None:  # the same value on every rank
+                    total += self.runner.eval_loss(x.to(self.device), y.to(self.device))
+                    continue
                 _, loss = self.model(x.to(self.device), y.to(self.device))
             total += loss.item()
         val_loss = total / len(self.eval_set)
@@ -254,12 +292,12 @@ class Trainer:
         return out
 
     def save(self) -> Path:
-        # dp/fsdp: every rank helps gather the full state, rank 0 writes it
-        model, optimizer = self.par.snapshot(self.model, self.optimizer)
+        # dp/fsdp/pp: every rank helps gather the full state, rank 0 writes it
+        model, optimizer, scheduler = self.par.snapshot(self.model, self.optimizer, self.scheduler)
         path = self.run_dir / "checkpoints" / f"step-{self.step}"
         if self.par.is_main:
             path = ckpt.save_checkpoint(self.run_dir, self.step, model, optimizer,
-                                        self.scheduler, self.meta(),
+                                        scheduler, self.meta(),
                                         extra_state={"data_position": self.step,
                                                      "history": self.history})
         self.par.barrier()
@@ -294,14 +332,26 @@ class Trainer:
         ckpt.load_weights(where, self.par.loadable(self.model))  # fsdp: each rank keeps its shard
         state = ckpt.load_state(where)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            # pp: each rank keeps the entries of its stage's parameters and groups
+            self.optimizer.load_state_dict(
+                self.par.local_optimizer_state(state["optimizer"], self.optimizer, self.model))
             self.par.after_optimizer_load(self.optimizer)
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.scheduler.load_state_dict(
+                self.par.local_scheduler_state(state["scheduler"], self.optimizer))
             ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise ckpt.CheckpointError(f"{where}/state.pt: cannot restore ({err})") from None
         self.step = state["step"]
         self.history = list(state.get("extra", {}).get("history", []))
+
+
+def make_parallel(cfg: Config, device: torch.device) -> Parallel | PipelineParallel:
+    """The parallelism of `cfg.parallel`: pipeline stages (pp > 1), dp/fsdp, or none."""
+    par = cfg.parallel
+    if par.pp > 1:
+        return PipelineParallel(par.pp, par.virtual_stages, par.pp_cache,
+                                par.pp_microbatches(cfg.train.batch_size), par.backend, device)
+    return Parallel(par.mode, par.backend, device)
 
 
 class _NoMetrics:
