@@ -9,6 +9,7 @@ the Table-4 ablations (depth-read variants, DenseFormer, mHC).
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 
@@ -104,7 +105,7 @@ class DecoderLayer(nn.Module):
                 named(("ffn_norm", self.ffn_norm), ("mlp", self.mlp))]
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(nn.Module, abc.ABC):
     """Subclasses set `self.cfg` (with vocab_size, d_model, n_layers, max_seq_len, norm_eps,
     init_std and the residual fields) and implement `build_mixer(j)` and `build_ffn(j)`."""
 
@@ -128,11 +129,13 @@ class DecoderLM(nn.Module):
         tags.set_group(self.lm_head.weight, tags.ADAMW)
         self.reset_parameters()
 
+    @abc.abstractmethod
     def build_mixer(self, j: int) -> nn.Module:
-        raise NotImplementedError
+        """Layer j's mixer sublayer (attention, KDA, MLA, ...), without its PreNorm."""
 
+    @abc.abstractmethod
     def build_ffn(self, j: int) -> nn.Module:
-        raise NotImplementedError
+        """Layer j's FFN sublayer (SwiGLU, MoE, ...), without its PreNorm."""
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
