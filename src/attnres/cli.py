@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, default=None, help="ladder sizes (default 5; 4 with --quick)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2)")
     p.add_argument("--tokens-per-param", type=float, default=None,
-                   help="training tokens per non-embedding parameter incl. the head (default 10)")
+                   help="training tokens per non-embedding parameter incl. the head (default 2)")
     p.add_argument("--variants", default=None, help="comma-separated subset of baseline,full,block")
     p.add_argument("--data", default=None, help="corpus, as for compare (default shakespeare)")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (4 with --quick)")
@@ -97,15 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak LR (default: config default)")
     p.add_argument("--out", default=None, help="per-run result JSONs and report (default results/scaling)")
     p.add_argument("--runs", default=None, help="run folders with checkpoints (default runs/scaling)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="any config override, applied to every run (repeatable)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, a few steps: about a minute")
-    p.add_argument("--dry-run", action="store_true", help="print the ladder and budgets, train nothing")
-    p.add_argument("--in-process", action="store_true",
-                   help="train each run in this process instead of a fresh one (faster start; "
-                   "the default with --quick)")
-    p.add_argument("--no-progress", action="store_true")
-    _add_device_args(p)
+    _add_sweep_args(p, quick="tiny sizes, a few steps: about a minute",
+                    dry_run="print the ladder and budgets, train nothing")
     scaling_sub = p.add_subparsers(dest="scaling_command")
     q = scaling_sub.add_parser("advantage", help="losses and compute advantage from fitted coefficients")
     q.add_argument("--baseline", required=True, metavar="A,ALPHA", help="baseline fit, e.g. 1.891,0.057")
@@ -236,6 +229,11 @@ def _bench(args) -> int:
     return 0
 
 
+def _in_process(args) -> bool | None:
+    """--in-process, or False where --workers needs a process per run (even with --quick)."""
+    return True if args.in_process else (False if args.workers > 1 else None)
+
+
 def _scaling(args) -> int:
     if args.scaling_command == "advantage":
         return _scaling_advantage(args)
@@ -245,7 +243,8 @@ def _scaling(args) -> int:
                  tokens_per_param=args.tokens_per_param, arms=arms or ARMS, data=args.data,
                  batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, out=args.out,
                  runs=args.runs, device=args.device, dtype=args.dtype, overrides=list(args.set),
-                 in_process=args.in_process or None, progress=not args.no_progress)
+                 in_process=_in_process(args), workers=args.workers,
+                 progress=not args.no_progress and args.workers == 1)  # bars would interleave
     rep = run_scaling(s, dry_run=args.dry_run)
     if rep is not None:
         print()
@@ -298,13 +297,22 @@ def _add_ablate_args(p: argparse.ArgumentParser, out: str) -> None:
                    f"{out}-quick with --quick)")
     p.add_argument("--runs", default=None, help="run folders, shared by ablate and sweep "
                    "(default runs/ablate; runs/ablate-quick with --quick)")
+    _add_sweep_args(p, quick="tiny width, a few steps: under a minute",
+                    dry_run="print the runs, train nothing")
+
+
+def _add_sweep_args(p: argparse.ArgumentParser, quick: str, dry_run: str) -> None:
+    """The options every resumable sweep (scaling, ablate, sweep) shares."""
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config override, applied to every run (repeatable)")
-    p.add_argument("--quick", action="store_true", help="tiny width, a few steps: under a minute")
-    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--dry-run", action="store_true", help=dry_run)
     p.add_argument("--in-process", action="store_true",
                    help="train each run in this process instead of a fresh one (faster start; "
                    "the default with --quick)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train this many runs side by side, each in its own process with an equal "
+                   "share of the CPU threads (default 1; 2 on a 2-core CPU finishes sooner)")
     p.add_argument("--no-progress", action="store_true")
     _add_device_args(p)
 
@@ -327,8 +335,9 @@ def _ablate(args) -> int:
     s = settings(quick=args.quick, seeds=args.seeds, steps=args.steps, d_model=args.d_model,
                  data=args.data, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                  out=args.out, runs=args.runs, device=args.device, dtype=args.dtype,
-                 overrides=list(args.set), in_process=args.in_process or None,
-                 progress=not args.no_progress, **changes)
+                 overrides=list(args.set), in_process=_in_process(args),
+                 workers=args.workers, progress=not args.no_progress and args.workers == 1,
+                 **changes)
     rep = run(s, args.command, dry_run=args.dry_run)
     if rep is not None:
         print()

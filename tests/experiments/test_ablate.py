@@ -5,12 +5,11 @@ end-to-end runs train in this process (`--quick` does) for a few steps. Nothing 
 which variant wins."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from attnres.cli import main
-from attnres.experiments import ablate, compare
+from attnres.experiments import ablate
 from attnres.layers.depth_variants import DenseMix, HyperConnection, ReadOptions, VariantRead
 from attnres.layers.residual import DepthRead
 from attnres.train.build import build_model
@@ -105,7 +104,8 @@ def _args(command, corpus, tmp_path, out, *extra):
             "--set", f"data.cache_dir={tmp_path / 'tok'}", "--set", "train.tensorboard=false", *extra]
 
 
-def test_quick_ablate_and_sweep_write_results_reports_and_resume(tmp_path, text_corpus, capsys, monkeypatch):
+def test_quick_ablate_and_sweep_write_results_reports_and_resume(tmp_path, text_corpus, capsys, monkeypatch,
+                                                                request):
     results = tmp_path / "results"
     variants = ("baseline", "full", "block-multihead")
     assert main(_args("ablate", text_corpus, tmp_path, results / "ablate", "--variants", ",".join(variants))) == 0
@@ -127,14 +127,7 @@ def test_quick_ablate_and_sweep_write_results_reports_and_resume(tmp_path, text_
     assert set(summary["arms"]) == set(variants) and summary["arms"]["full"]["delta"]["n"] == 2
     capsys.readouterr()
 
-    trained = []
-    real_run_arm = compare.run_arm
-
-    def counting_run_arm(cfg, run_dir, **kw):
-        trained.append(Path(run_dir).relative_to(tmp_path / "runs").as_posix())
-        return real_run_arm(cfg, run_dir, **kw)
-
-    monkeypatch.setattr(compare, "run_arm", counting_run_arm)
+    trained = request.getfixturevalue("trained_runs")  # counts from here on
     # a finished suite trains nothing again; a lost result is collected from its run folder
     before = (results / "ablate" / "full" / "seed-1.json").read_text()
     (results / "ablate" / "full" / "seed-1.json").unlink()

@@ -10,7 +10,8 @@ import pytest
 
 from attnres import units
 from attnres.cli import main
-from attnres.experiments import compare, report, scaling
+from attnres.config import ConfigError
+from attnres.experiments import report, scaling
 from attnres.models.dense import PRESETS
 from attnres.train import trainer as trainer_mod
 
@@ -66,6 +67,14 @@ def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, c
     adv = summary["advantage"]["block"]
     assert adv["multiplier"] > 0 and adv["bootstrap"]["low"] <= adv["bootstrap"]["high"]
     assert (out / "scaling.png").stat().st_size > 1000
+    # depth analyses of the largest size: per-arm statistics over both seeds, and their plots
+    depth = summary["depth"]
+    assert depth["group"] == "d48-L3" and set(depth["arms"]) == {"baseline", "block"}
+    assert depth["arms"]["block"]["seeds"] == [0, 1] and len(depth["arms"]["block"]["locality"]) == 2
+    assert depth["arms"]["baseline"]["locality"] == [None, None]
+    for name in ("depth_profiles_d48-L3.png", "depth_attention_d48-L3_block.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert not (out / "depth_attention_d48-L3_baseline.png").exists()
     printed = capsys.readouterr().out
     assert "| d48-L3 | block |" in printed and "Compute advantage" in printed
 
@@ -80,7 +89,7 @@ def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, c
     assert "| d16-L1 | baseline | 0,1 |" in capsys.readouterr().out
 
 
-def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch):
+def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch, request):
     """Kill the sweep inside its last run; the re-run trains that run alone, from its last
     checkpoint, to the result of an uninterrupted run. A deleted result re-trains only itself."""
     out = tmp_path / "out"
@@ -99,14 +108,7 @@ def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch):
     done = {p: p.read_bytes() for p in out.rglob("seed-*.json")}
     assert len(done) == 3
 
-    trained = []
-    real_run_arm = compare.run_arm
-
-    def counting_run_arm(cfg, run_dir, **kw):
-        trained.append(Path(run_dir).relative_to(tmp_path / "runs").as_posix())
-        return real_run_arm(cfg, run_dir, **kw)
-
-    monkeypatch.setattr(compare, "run_arm", counting_run_arm)
+    trained = request.getfixturevalue("trained_runs")  # counts from here on
     assert main(_args(text_corpus, tmp_path, out, *extra)) == 0
     assert trained == ["d32-L2/block/seed-0"]
     assert all(p.read_bytes() == data for p, data in done.items())
@@ -116,14 +118,12 @@ def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch):
 
     # the same run, uninterrupted, in fresh folders
     ref_out = tmp_path / "ref"
-    monkeypatch.setattr(compare, "run_arm", real_run_arm)
     assert main(_args(text_corpus, tmp_path / "ref-runs", ref_out, "--sizes", "2", "--seeds", "1",
                       "--variants", "block")) == 0
     reference = json.loads((ref_out / "d32-L2" / "block" / "seed-0.json").read_text())
     assert resumed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-6)
 
     # a deleted result of a finished run is collected again from its run folder, not retrained
-    monkeypatch.setattr(compare, "run_arm", counting_run_arm)
     trained.clear()
     victim = out / "d16-L1" / "baseline" / "seed-0.json"
     old = json.loads(victim.read_text())
@@ -132,6 +132,29 @@ def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch):
     assert trained == []
     new = json.loads(victim.read_text())
     assert {k: v for k, v in new.items() if k != "finished_at"} == {k: v for k, v in old.items() if k != "finished_at"}
+
+
+def test_workers_train_side_by_side_to_the_same_results(tmp_path, text_corpus):
+    """--workers 2 trains each run in its own one-thread process; the results are those of
+    in-process training, up to the float reordering of another thread count."""
+    extra = ("--sizes", "2", "--seeds", "1", "--variants", "baseline,block")
+    assert main(_args(text_corpus, tmp_path / "a", tmp_path / "serial", *extra)) == 0
+    assert main(_args(text_corpus, tmp_path / "b", tmp_path / "side", *extra, "--workers", "2")) == 0
+    serial = {p.relative_to(tmp_path / "serial"): json.loads(p.read_text())
+              for p in (tmp_path / "serial").rglob("seed-*.json")}
+    side = {p.relative_to(tmp_path / "side"): json.loads(p.read_text())
+            for p in (tmp_path / "side").rglob("seed-*.json")}
+    assert len(serial) == 4 and serial.keys() == side.keys()
+    for key, r in serial.items():
+        assert side[key]["val_loss"] == pytest.approx(r["val_loss"], rel=1e-4), key
+        assert side[key]["steps"] == r["steps"]
+
+
+def test_bad_worker_counts_are_refused():
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        scaling.run_jobs([], workers=0)
+    with pytest.raises(ConfigError, match="in-process"):
+        scaling.run_jobs([], in_process=True, workers=2)
 
 
 def test_changed_settings_are_refused(tmp_path, text_corpus, capsys):

@@ -14,9 +14,6 @@ with torchrun's environment variables); one test then compares what they wrote.
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +26,8 @@ from torch import nn
 from attnres import config
 from attnres.optim import Muon
 from attnres.parallel.dist_muon import ShardedMuon, assign_owners
-from attnres.train.metrics import read_metrics
 from attnres.train.trainer import Trainer
+from two_ranks import final_state, launch, rel, run_overrides, train_records
 
 STEPS, SPLIT = 5, 2
 MODEL = ["model.backbone=kimi-linear", "model.preset=tiny", "model.n_layers=2", "model.d_model=32",
@@ -49,21 +46,6 @@ MUON_KW = dict(lr=0.02, weight_decay=0.1)
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm()) if b.norm() > 0 else float((a - b).norm())
-
-
-def train_records(run: Path) -> list[dict]:
-    return [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
-
-
-def final_state(run: Path) -> tuple[dict, dict]:
-    from safetensors.torch import load_file
-    where = run / "checkpoints" / f"step-{STEPS}"
-    return load_file(str(where / "model.safetensors")), torch.load(where / "state.pt", weights_only=False)
 
 
 def run_job(overrides: list[str], run: Path, split: int | None) -> None:
@@ -107,45 +89,16 @@ def muon_distributed(out: Path) -> None:
     torch.save(result, out.with_name(f"{out.name}.{dist.get_rank()}"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_two_processes(root: Path, text_corpus: Path) -> None:
     """The single-process reference in this process, then every 2-process job in one launch."""
-    base = [f"data.source={text_corpus}", f"data.cache_dir={root / 'tokens'}", "train.seq_len=32",
-            "train.batch_size=4", "train.eval_batches=2", "train.eval_every=1000",
-            "train.log_every=1", "train.progress=false", "train.tensorboard=false",
-            "train.analysis=false", "train.device=cpu"] + MODEL
+    base = run_overrides(text_corpus, root) + MODEL
     run_job(base, root / "single", None)  # also fills the token cache the workers read
     spec = root / "jobs.json"
     spec.write_text(json.dumps({"muon": str(root / "muon.pt"),
                                 "train": {name: [base + extra, str(root / name), split]
                                           for name, (extra, split) in JOBS.items()}}))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    logs = [root / f"rank{r}.log" for r in range(2)]
-    procs = []
-    for r, log in enumerate(logs):
-        with open(log, "w") as out:
-            procs.append(subprocess.Popen([sys.executable, __file__, str(spec)],
-                                          env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                                          stdout=out, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 240
-    try:  # a rank that fails leaves the other waiting in a collective: stop both then
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline \
-                and not any(p.poll() for p in procs):
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{log.read_text()[-4000:]}"
+    launch(__file__, spec, timeout_s=240)
     print(f"2-process jobs: {time.perf_counter() - t0:.1f} s")
 
 
@@ -168,7 +121,7 @@ def check_job(runs: Path, job: str) -> None:
         assert a["qk_clipped"] == b["qk_clipped"], job                 # same heads clipped
         assert max(abs(x - y) / abs(y) for x, y in zip(a["max_logit"], b["max_logit"])) <= 1e-5, job
     assert sum(r["qk_clipped"] for r in ref) > 0                       # QK-Clip did act
-    (w_ref, s_ref), (w, s) = final_state(runs / "single"), final_state(runs / job)
+    (w_ref, s_ref), (w, s) = final_state(runs / "single", STEPS), final_state(runs / job, STEPS)
     assert w.keys() == w_ref.keys()
     biases = [k for k in w if k.endswith("mlp.bias")]
     assert biases and all(torch.equal(w[k], w_ref[k]) for k in biases), job  # MoE balancing: exact
@@ -204,7 +157,7 @@ def check_distributed_muon(runs: Path) -> None:
 def check_fsdp_resume(runs: Path) -> None:
     straight, resumed = train_records(runs / "fsdp"), train_records(runs / "fsdp_resumed")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bitwise
-    (a, _), (b, _) = final_state(runs / "fsdp"), final_state(runs / "fsdp_resumed")
+    (a, _), (b, _) = final_state(runs / "fsdp", STEPS), final_state(runs / "fsdp_resumed", STEPS)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -14,10 +14,7 @@ run, in one launch, the CLI with and without --pp-cache and a Trainer stopped an
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +23,8 @@ import torch.distributed as dist
 
 from attnres import config, units
 from attnres.parallel import pp_plan
-from attnres.train.metrics import read_metrics
 from attnres.train.trainer import Trainer, load_for_inference
+from two_ranks import final_state, free_port, launch, rel, run_overrides, train_records
 
 STEPS, SPLIT = 3, 2
 MODEL = ["model.backbone=kimi-linear", "model.preset=tiny", "model.n_layers=3",
@@ -40,63 +37,18 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="needs torch.distributed with gloo")
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm()) if b.norm() > 0 else float((a - b).norm())
-
-
-def train_records(run: Path) -> list[dict]:
-    return [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
-
-
-def final_state(run: Path) -> tuple[dict, dict]:
-    from safetensors.torch import load_file
-    where = run / "checkpoints" / f"step-{STEPS}"
-    return (load_file(str(where / "model.safetensors")),
-            torch.load(where / "state.pt", weights_only=False))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(root: Path, base: list[str]) -> None:
+def launch_ranks(root: Path, base: list[str]) -> None:
     spec = root / "jobs.json"
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     spec.write_text(json.dumps({"base": base, "root": str(root), "ports": ports}))
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1")
-    logs = [root / f"rank{r}.log" for r in range(2)]
-    procs = []
-    for r, log in enumerate(logs):
-        with open(log, "w") as out:
-            procs.append(subprocess.Popen([sys.executable, __file__, str(spec)],
-                                          env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                                          stdout=out, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 180
-    try:  # a rank that fails leaves the other waiting in a collective: stop both then
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline \
-                and not any(p.poll() for p in procs):
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{log.read_text()[-4000:]}"
+    launch(__file__, spec, timeout_s=180, port=ports[0])
 
 
 @pytest.mark.slow
 def test_pipelined_trainer_matches_one_process(tmp_path, text_corpus):
-    base = [f"data.source={text_corpus}", f"data.cache_dir={tmp_path / 'tokens'}",
-            "train.seq_len=32", "train.batch_size=4", "train.eval_batches=2",
-            "train.eval_every=1000", "train.log_every=1", "train.progress=false",
-            "train.tensorboard=false", "train.analysis=false", "train.device=cpu"] + MODEL
+    base = run_overrides(text_corpus, tmp_path) + MODEL
     Trainer(config.load(overrides=base), run_dir=tmp_path / "single").train()  # fills the cache
-    launch(tmp_path, base)
+    launch_ranks(tmp_path, base)
 
     plan = pp_plan(2, 2, units.block_closes(6, 2), 6)
     assert (plan.naive_total, plan.cached_total) == (8, 5)
@@ -113,7 +65,7 @@ def test_pipelined_trainer_matches_one_process(tmp_path, text_corpus):
     assert sum(r["qk_clipped"] for r in ref) > 0               # QK-Clip did act
 
     # the checkpoint is the single-process one: every weight, buffer and optimizer state
-    (w_ref, s_ref), (w, s) = final_state(tmp_path / "single"), final_state(tmp_path / "cached")
+    (w_ref, s_ref), (w, s) = final_state(tmp_path / "single", STEPS), final_state(tmp_path / "cached", STEPS)
     assert w.keys() == w_ref.keys()
     for name, value in w.items():
         assert rel(value, w_ref[name]) <= 1e-4, name
@@ -131,7 +83,7 @@ def test_pipelined_trainer_matches_one_process(tmp_path, text_corpus):
     # stopped at step 2 and resumed on the same 2 x 2 layout: bitwise the uninterrupted run
     resumed, straight = train_records(tmp_path / "resumed"), train_records(tmp_path / "cached")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
-    w_resumed, _ = final_state(tmp_path / "resumed")
+    w_resumed, _ = final_state(tmp_path / "resumed", STEPS)
     assert all(torch.equal(w_resumed[k], w[k]) for k in w)
 
 

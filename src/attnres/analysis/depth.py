@@ -50,3 +50,48 @@ def depth_analysis(model, x: torch.Tensor, y: torch.Tensor, device: torch.device
         "depth_weights": [record.weights[r].tolist() for r in range(n_sub + 1)]
         if residual.is_attnres else None,
     }
+
+
+def depth_statistics(analysis: dict) -> dict[str, float | None]:
+    """A few numbers that carry the shapes [AR] reads off Figs. 5 and 8 (targets.md A6, A7).
+
+    - `stream_growth`: carried-state RMS after the last sublayer / after the first (A6b: the
+      PreNorm baseline grows with depth); `stream_increasing`: the share of sublayers after
+      which it grew.
+    - `output_growth`: RMS(v_L) / RMS(v_1).
+    - `grad_spread`: max / min gradient norm over sublayers (A6c: Block is more uniform);
+      `grad_early`: the first quarter's mean gradient norm / the rest's (A6c: the baseline's
+      earliest layers are disproportionately large).
+    - AttnRes only (None otherwise), over the reads with two or more sources: `locality`, the
+      share of reads whose largest weight is on the most recent source (A7.1); `latest_mixer` /
+      `latest_ffn`, the mean weight on the most recent source before mixers / before FFNs
+      (A7.3: sharper before FFNs); `embedding_mixer` / `embedding_ffn`, the mean weight on the
+      embedding (A7.2: kept, most before mixers). The final read counts as neither kind.
+    """
+    stream, out, grad = analysis["stream_rms"], analysis["output_rms"], analysis["grad_norm"]
+    quarter = max(1, len(grad) // 4)
+    early, rest = grad[:quarter], grad[quarter:] or grad[:quarter]
+    stats: dict[str, float | None] = {
+        "stream_growth": stream[-1] / stream[0],
+        "stream_increasing": sum(b > a for a, b in zip(stream, stream[1:])) / max(1, len(stream) - 1),
+        "output_growth": out[-1] / out[0],
+        "grad_spread": max(grad) / min(grad),
+        "grad_early": (sum(early) / len(early)) / (sum(rest) / len(rest)),
+    }
+    keys = ("locality", "latest_mixer", "latest_ffn", "embedding_mixer", "embedding_ffn")
+    weights = analysis.get("depth_weights")
+    stats.update(dict.fromkeys(keys))
+    if not weights:
+        return stats
+    reads = [(r, w) for r, w in enumerate(weights) if len(w) >= 2]
+    sublayer_reads = [(r, w) for r, w in reads if r < len(weights) - 1]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    stats["locality"] = mean([float(max(range(len(w)), key=w.__getitem__) == len(w) - 1) for _, w in reads])
+    for kind, parity in (("mixer", 0), ("ffn", 1)):  # read r precedes sublayer r + 1: even = mixer
+        mine = [w for r, w in sublayer_reads if r % 2 == parity]
+        stats[f"latest_{kind}"] = mean([w[-1] for w in mine])
+        stats[f"embedding_{kind}"] = mean([w[0] for w in mine])
+    return stats

@@ -127,6 +127,7 @@ class AblateSettings:
     eval_batches: int = 16          # validation windows of the final loss (same for every arm)
     overrides: list[str] = field(default_factory=list)
     in_process: bool = False        # train in this process instead of a spawned one (tests)
+    workers: int = 1                # runs trained side by side (`scaling.run_jobs`)
     progress: bool = True
     quick: bool = False
 
@@ -237,7 +238,7 @@ def run(s: AblateSettings, experiment: str, dry_run: bool = False) -> report.Rep
                 out / a.name / f"seed-{seed}.json", Path(s.runs) / a.run_name / f"seed-{seed}",
                 lambda result, start, a=a, seed=seed, cfg=cfg:
                     run_record(s, a, seed, cfg, result, vocab, data.corpus_name, start)))
-    trained, skipped = scaling.run_jobs(jobs, s.in_process)
+    trained, skipped = scaling.run_jobs(jobs, s.in_process, s.workers)
     print(f"finished {trained} runs, {skipped} already done", flush=True)
     return report.write_report(out)
 

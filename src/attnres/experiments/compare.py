@@ -90,25 +90,28 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     return summary
 
 
-def _run_arm(cfg_dict: dict, run_dir: str, resume: bool = False) -> None:
+def _run_arm(cfg_dict: dict, run_dir: str, resume: bool = False, threads: int | None = None) -> None:
     from attnres.train.trainer import Trainer
     cfg = config_mod.from_dict(cfg_dict)
-    torch.set_num_threads(torch.get_num_threads())
+    if threads:
+        torch.set_num_threads(threads)
     has_ckpt = resume and (Path(run_dir) / "checkpoints" / "latest").is_file()
     Trainer(cfg, run_dir=run_dir, resume=run_dir if has_ckpt else None).train()
 
 
-def run_arm(cfg: Config, run_dir: Path, resume: bool = False, in_process: bool = False) -> dict[str, Any]:
+def run_arm(cfg: Config, run_dir: Path, resume: bool = False, in_process: bool = False,
+            threads: int | None = None) -> dict[str, Any]:
     """Train one arm into `run_dir` and return its result.json plus history and parameter counts.
 
     By default the arm runs in a fresh spawned process, so its peak memory is its own;
     `in_process=True` trains in this process (faster to start; for tests). With `resume`, a
-    run folder holding a checkpoint continues from it instead of starting over."""
+    run folder holding a checkpoint continues from it instead of starting over. `threads`
+    sets the spawned process's intra-op CPU threads (for several runs side by side)."""
     if in_process:
         _run_arm(cfg.to_dict(), str(run_dir), resume)
     else:
         ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=_run_arm, args=(cfg.to_dict(), str(run_dir), resume))
+        proc = ctx.Process(target=_run_arm, args=(cfg.to_dict(), str(run_dir), resume, threads))
         proc.start()
         proc.join()
         if proc.exitcode != 0:

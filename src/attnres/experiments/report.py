@@ -132,7 +132,7 @@ def scaling_summary(runs: list[dict[str, Any]], n_boot: int = 2000) -> dict[str,
     sizes = list(group_runs(runs, ("group",)))
     sizes = [s[0] for s in sizes]
     by_arm = group_runs(runs, ("arm",))
-    summary: dict[str, Any] = {"sizes": sizes, "fits": {}, "advantage": {}}
+    summary: dict[str, Any] = {"sizes": sizes, "fits": {}, "advantage": {}, "depth": depth_summary(runs)}
     points: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
     for (arm,), arm_runs in by_arm.items():
         per_size: dict[str, dict[int, tuple[float, float]]] = {}
@@ -164,6 +164,64 @@ def scaling_summary(runs: list[dict[str, Any]], n_boot: int = 2000) -> dict[str,
             adv["bootstrap"] = boot
         summary["advantage"][arm] = adv
     return summary
+
+
+DEPTH_COLUMNS = (("stream_growth", "stream RMS L/1", ".1f"), ("stream_increasing", "stream grows", ".0%"),
+                 ("output_growth", "RMS(v) L/1", ".2f"), ("grad_spread", "grad max/min", ".1f"),
+                 ("grad_early", "grad 1st quarter/rest", ".2f"), ("locality", "reads peaked on latest", ".0%"),
+                 ("latest_mixer", "w(latest) pre-mixer", ".2f"), ("latest_ffn", "w(latest) pre-FFN", ".2f"),
+                 ("embedding_mixer", "w(emb) pre-mixer", ".2f"), ("embedding_ffn", "w(emb) pre-FFN", ".2f"))
+
+
+def largest_group(runs: list[dict[str, Any]]) -> str | None:
+    """The size with the most compute parameters (load_runs orders groups small to large)."""
+    return runs[-1]["group"] if runs else None
+
+
+def depth_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`depth_statistics` of the largest size's runs, mean and sd over seeds per arm (runs made
+    without analyses are left out)."""
+    from attnres.analysis.depth import depth_statistics
+    group = largest_group(runs)
+    arms: dict[str, dict[str, Any]] = {}
+    for (arm,), arm_runs in group_runs([r for r in runs if r["group"] == group and r.get("analysis")],
+                                       ("arm",)).items():
+        per_seed = [depth_statistics(r["analysis"]) for r in arm_runs]
+        arms[arm] = {"seeds": [r["seed"] for r in arm_runs],
+                     **{key: [st[key] for st in per_seed] for key, _, _ in DEPTH_COLUMNS}}
+    return {"group": group, "arms": arms}
+
+
+def render_depth(depth: dict[str, Any]) -> list[str]:
+    if not depth["arms"]:
+        return []
+    group = depth["group"]
+    head = ["arm", "seeds", *(label for _, label, _ in DEPTH_COLUMNS)]
+    lines = [f"### Depth analyses of the largest size (`{group}`; [AR] Figs. 5 and 8)", "",
+             "On one validation batch after training; mean ± sd over seeds (`attnres.analysis.depth."
+             "depth_statistics` defines each number). Stream RMS L/1: the carried state's RMS after the "
+             "last sublayer over that after the first; stream grows: the share of sublayers after which "
+             "it grew; grad: per-sublayer gradient norms; w(latest), w(emb): mean depth-attention weight "
+             "on the most recent source and on the embedding.", "",
+             "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for arm, entry in depth["arms"].items():
+        cells = [arm, ",".join(map(str, entry["seeds"]))]
+        for key, _, spec in DEPTH_COLUMNS:
+            values = [v for v in entry[key] if v is not None]
+            cells.append(format_mean_sd(values, spec))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"![depth profiles]({depth_plot_name(group)})", ""]
+    lines += [f"![depth attention, {arm}]({depth_attention_plot_name(group, arm)})"
+              for arm, entry in depth["arms"].items() if entry["locality"][0] is not None]
+    return lines + [""]
+
+
+def depth_plot_name(group: str) -> str:
+    return f"depth_profiles_{group}.png"
+
+
+def depth_attention_plot_name(group: str, arm: str) -> str:
+    return f"depth_attention_{group}_{arm}.png"
 
 
 def _bootstrap(base: dict[str, dict[int, tuple[float, float]]],
@@ -229,6 +287,7 @@ def render_scaling(runs: list[dict[str, Any]], summary: dict[str, Any] | None = 
         lines += ["", "With few seeds the bootstrap has few distinct resamples (3 for 2 seeds): read "
                   "the interval as a rough spread, not a calibrated confidence interval.", ""]
     lines += ["![loss vs compute](scaling.png)", ""]
+    lines += render_depth(summary.get("depth") or depth_summary(runs))
     return "\n".join(lines)
 
 
@@ -463,6 +522,26 @@ class Report:
     files: list[Path] = field(default_factory=list)
 
 
+def _depth_plots(root: Path, runs: list[dict[str, Any]], group: str | None) -> list[Path]:
+    """Figs. 5 and 8 counterparts for the largest size, from each arm's lowest seed."""
+    from attnres.experiments import plots
+    first = {}
+    for r in runs:
+        if r["group"] == group and r.get("analysis"):
+            first.setdefault(r["arm"], r)
+    if not first:
+        return []
+    seeds = sorted({r["seed"] for r in first.values()})
+    files = [plots.plot_depth_profiles({arm: r["analysis"] for arm, r in first.items()},
+                                       root / depth_plot_name(group),
+                                       f"{group}: depth analyses after training (seed {seeds[0]})")]
+    for arm, r in first.items():
+        if r["analysis"].get("depth_weights"):
+            files.append(plots.plot_depth_attention(r["analysis"], root / depth_attention_plot_name(group, arm),
+                                                    f"{group}, {arm}: mean depth-attention weights (seed {r['seed']})"))
+    return files
+
+
 def build_report(root: str | Path) -> Report:
     runs = load_runs(root)
     if not runs:
@@ -495,6 +574,7 @@ def write_report(root: str | Path) -> Report:
         fits = {arm: (e["A"], e["alpha"]) for arm, e in scaling["fits"].items() if "A" in e}
         rep.files.append(plots.plot_scaling(points, fits, root / "scaling.png",
                                             "validation loss vs training compute (dense ladder)"))
+        rep.files += _depth_plots(root, runs, scaling["depth"]["group"])
     for group, entry in rep.summaries.get("sweep", {}).get("groups", {}).items():
         from attnres.experiments.ablate import PAPER_BASELINE, PAPER_SWEEP
         sizes = {int(k): e["values"] for k, e in entry["sizes"].items()}

@@ -29,6 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class ScalingSettings:
     sizes: int = 5
     first_layers: int = 4
     seeds: int = 2                  # seeds 0 .. seeds-1
-    tokens_per_param: float = 10.0  # D = tokens_per_param · N_c, rounded to whole steps
+    tokens_per_param: float = 2.0   # D = tokens_per_param · N_c, rounded to whole steps
     min_steps: int = 50
     arms: tuple[str, ...] = ARMS
     data: str = "shakespeare"
@@ -102,6 +103,7 @@ class ScalingSettings:
     lr: float = 0.0                 # 0 = the config default
     overrides: list[str] = field(default_factory=list)
     in_process: bool = False        # train in this process instead of a spawned one (tests)
+    workers: int = 1                # runs trained side by side (`run_jobs`)
     progress: bool = True
     quick: bool = False
 
@@ -147,7 +149,7 @@ def run_config(s: ScalingSettings, size: Size, arm: str, seed: int, steps: int) 
     shape = [f"model.d_model={size.d_model}", f"model.n_layers={size.n_layers}",
              f"model.n_heads={size.n_heads}", f"model.n_kv_heads={size.n_heads}",
              f"model.d_ff={size.d_ff}", f"model.max_seq_len={s.seq_len}",
-             f"train.ckpt_every={max(1, min(500, steps // 10))}", "train.analysis=false"]
+             f"train.ckpt_every={max(1, min(500, steps // 10))}"]
     cs = compare.CompareSettings(backbone="dense", preset="small", steps=steps, block_size=size.block_size,
                                  seeds=(seed,), data=s.data, device=s.device, dtype=s.dtype,
                                  batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
@@ -202,7 +204,7 @@ def run_scaling(s: ScalingSettings, dry_run: bool = False) -> report.Report | No
                 result_path(out, run), run_folder(s.runs, run),
                 lambda result, start, run=run: run_record(run, result, vocab, data.corpus_name, start))
             for run in runs]
-    trained, skipped = run_jobs(jobs, s.in_process)
+    trained, skipped = run_jobs(jobs, s.in_process, s.workers)
     print(f"finished {trained} runs, {skipped} already done", flush=True)
     return report.write_report(out)
 
@@ -219,37 +221,55 @@ class Job:
     record: Callable[[dict[str, Any], int], dict[str, Any]]
 
 
-def run_jobs(jobs: list[Job], in_process: bool = False) -> tuple[int, int]:
-    """Train every job whose result JSON is missing, in order; returns (trained, skipped).
+def run_jobs(jobs: list[Job], in_process: bool = False, workers: int = 1) -> tuple[int, int]:
+    """Train every job whose result JSON is missing; returns (trained, skipped).
 
     A finished result is checked against the job's settings and skipped; a run folder that
     already holds the finished run (e.g. one another sweep shares) is collected, not retrained;
     an unfinished one continues from its last checkpoint. Runs made with other settings are
-    refused (`ConfigError`), never mixed in."""
-    trained = skipped = 0
-    for job in jobs:
+    refused (`ConfigError`), never mixed in.
+
+    `workers` > 1 trains that many jobs side by side, each in its own process with an equal
+    share of the CPU threads: on a few CPU cores small models use one thread poorly, so two
+    one-thread runs finish sooner than two two-thread runs in turn. Jobs start in order."""
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and in_process:
+        raise ConfigError("workers > 1 trains each run in its own process; drop --in-process")
+    for job in jobs:  # refuse mixed settings before anything trains
         if job.result_path.exists():
             _check_same(job.result_path, json.loads(job.result_path.read_text()).get("config"),
                         job.cfg, "result")
-            skipped += 1
-            continue
-        run_dir = job.run_dir
-        if (run_dir / "config.json").exists():
-            _check_same(run_dir, json.loads((run_dir / "config.json").read_text()), job.cfg, "run folder")
-        segment = run_dir / "segment.json"  # where the last training segment started
-        if _finished(run_dir, job.steps):  # trained before (its result JSON missing or elsewhere)
-            print(f"== {job.label}: already trained in {run_dir}", flush=True)
-            result = compare.read_arm(run_dir)
-            start = json.loads(segment.read_text())["start_step"] if segment.exists() else 0
-        else:
-            start = _checkpoint_step(run_dir)
-            print(f"== {job.label}: {job.steps} steps"
-                  + (f", resuming at step {start}" if start else "") + f" -> {run_dir}", flush=True)
-            _write_json(segment, {"start_step": start})
-            result = compare.run_arm(job.cfg, run_dir, resume=True, in_process=in_process)
-        _write_json(job.result_path, job.record(result, start))
-        trained += 1
-    return trained, skipped
+        elif (job.run_dir / "config.json").exists():
+            _check_same(job.run_dir, json.loads((job.run_dir / "config.json").read_text()), job.cfg,
+                        "run folder")
+    todo = [job for job in jobs if not job.result_path.exists()]
+    if workers == 1:
+        for job in todo:
+            _run_job(job, in_process, threads=None)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # threads wait; processes train
+            for future in [pool.submit(_run_job, job, False, threads) for job in todo]:
+                future.result()
+    return len(todo), len(jobs) - len(todo)
+
+
+def _run_job(job: Job, in_process: bool, threads: int | None) -> None:
+    run_dir = job.run_dir
+    segment = run_dir / "segment.json"  # where the last training segment started
+    if _finished(run_dir, job.steps):  # trained before (its result JSON missing or elsewhere)
+        print(f"== {job.label}: already trained in {run_dir}", flush=True)
+        result = compare.read_arm(run_dir)
+        start = json.loads(segment.read_text())["start_step"] if segment.exists() else 0
+    else:
+        start = _checkpoint_step(run_dir)
+        print(f"== {job.label}: {job.steps} steps"
+              + (f", resuming at step {start}" if start else "") + f" -> {run_dir}", flush=True)
+        _write_json(segment, {"start_step": start})
+        result = compare.run_arm(job.cfg, run_dir, resume=True, in_process=in_process, threads=threads)
+        print(f"== {job.label}: done, val loss {result['val_loss']:.4f}", flush=True)
+    _write_json(job.result_path, job.record(result, start))
 
 
 def run_record(run: Run, result: dict[str, Any], vocab_size: int, corpus: str,
@@ -280,6 +300,7 @@ def run_record(run: Run, result: dict[str, Any], vocab_size: int, corpus: str,
         "hardware": compare._hardware(),
         "run_dir": result["run_dir"], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": fingerprint(cfg),
+        "analysis": result.get("analysis"),  # depth analyses on a validation batch, if made
     }
 
 

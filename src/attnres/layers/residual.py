@@ -182,10 +182,14 @@ class PreNormStream:
         return self.hidden
 
     def write(self, sub: int, out: torch.Tensor) -> None:
-        self.hidden = self.hidden + out.to(self.hidden.dtype)
+        self.hidden = self._carry(sub, self.hidden + out.to(self.hidden.dtype))
         if self.record is not None:
             _record_output(self.record, sub, out)
             self.record.stream_rms[sub] = _rms(self.hidden)
+
+    def _carry(self, sub: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The state carried on after sublayer `sub`'s residual add (here: unchanged)."""
+        return hidden
 
     def final(self) -> torch.Tensor:
         return self.hidden
@@ -275,35 +279,26 @@ class AttnResStream:
                                       o1, lse1, self._phase1_sources)
 
 
-class DenseFormerStream:
+class DenseFormerStream(PreNormStream):
     """DenseFormer (spec §13): the PreNorm residual inside each layer, and after layer j
     Y_j = Σ_{i=0..j} a_{j,i} X_i over the layer outputs X_i (X_0 = e); layer j+1 reads Y_j and
     the final norm reads Y_{L_b}. The mix runs after every second write (a layer boundary), with
     the `DenseMix` stored as the read before the next layer's mixer (or the final read)."""
 
     def __init__(self, embedding: torch.Tensor, reads: list, record: DepthRecord | None = None):
+        super().__init__(embedding, record)
         self.reads = reads
         self.n_sublayers = len(reads) - 1
-        self.hidden = embedding
         self.outputs = [embedding]  # X_0 = e, X_1, ...
-        self.record = record
 
     def sources(self) -> list[torch.Tensor]:
         return self.outputs
 
-    def read(self, sub: int) -> torch.Tensor:
-        if self.record is not None:
-            self.record.input_rms[sub] = _rms(self.hidden)
-        return self.hidden
-
-    def write(self, sub: int, out: torch.Tensor) -> None:
-        self.hidden = self.hidden + out.to(self.hidden.dtype)
-        if sub % 2 == 1:  # layer boundary: X_j = the layer's output, then Y_j
-            self.outputs.append(self.hidden)
-            self.hidden = self.reads[sub + 1](self.outputs)
-        if self.record is not None:
-            _record_output(self.record, sub, out)
-            self.record.stream_rms[sub] = _rms(self.hidden)
+    def _carry(self, sub: int, hidden: torch.Tensor) -> torch.Tensor:
+        if sub % 2 == 0:
+            return hidden
+        self.outputs.append(hidden)  # layer boundary: X_j = the layer's output, then Y_j
+        return self.reads[sub + 1](self.outputs)
 
     def final(self) -> torch.Tensor:
         if len(self.outputs) != self.n_sublayers // 2 + 1:
