@@ -10,13 +10,17 @@ d_model / n_layers = 16, with the paper's H = L_b heads (so head dim 16), plain 
 attention and the SwiGLU width ≈ 8/3·d of the presets. The default five sizes run from the
 `tiny` shape (d 64, 4 layers) to the `small` shape (d 128, 8 layers): about 0.2M to 1.6M
 non-embedding parameters, a factor 8 in size and 64 in compute at a fixed tokens-per-parameter
-ratio. Larger sizes take hours per run on two cores.
+ratio. At the default 2 tokens per parameter (0.4M to 3.3M tokens per run) the 30 runs take
+about 75 minutes on two CPU cores with `--workers 2`; larger sizes or budgets take hours there.
 
 Compute per run (targets.md A2): C = 6·(N_active_non-emb + d·V)·D FLOPs, with the LM-head
 matmul counted and the embedding lookup not; in code N_c = `num_params(non_embedding=True)`,
 which includes the head and the AttnRes reads. The [AR]-style count N_c − d·V is logged beside
 it. Block AttnRes uses N ≈ 8 blocks (S = ceil(L/8), `units.block_size_for_num_blocks`), but
 never S = 1, which would make Block identical to Full at the shallow end of the ladder.
+
+Every run ends with the depth analyses on a validation batch (`attnres.analysis.depth`), kept in
+its JSON, so the report can show the Figs. 5 and 8 counterparts of the largest size.
 
 Resumable: a run whose result JSON exists is skipped (after checking it was made with the same
 settings), and an unfinished run continues from its last checkpoint (`train.ckpt_every`).
