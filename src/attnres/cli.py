@@ -312,7 +312,7 @@ def _add_sweep_args(p: argparse.ArgumentParser, quick: str, dry_run: str) -> Non
                    "the default with --quick)")
     p.add_argument("--workers", type=int, default=1,
                    help="train this many runs side by side, each in its own process with an equal "
-                   "share of the CPU threads (default 1; 2 on a 2-core CPU finishes sooner)")
+                   "share of the CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
     _add_device_args(p)
 
