@@ -16,11 +16,16 @@ def text_corpus(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_overrides(text_corpus, tmp_path):
-    """Config overrides for a run that takes about a second."""
+def run_overrides(text_corpus, tmp_path):
+    """Config overrides for a short, quiet CPU run on the test corpus (any model)."""
     return [f"data.source={text_corpus}", f"data.cache_dir={tmp_path / 'tokens'}",
-            "model.preset=tiny", "model.n_layers=2", "model.d_model=32", "model.d_ff=64",
-            "model.n_heads=2", "model.n_kv_heads=1", "train.seq_len=32", "train.batch_size=4",
-            "train.eval_batches=2", "train.eval_every=1000", "train.log_every=1",
-            "train.progress=false", "train.tensorboard=false", "train.analysis=false",
-            "train.device=cpu"]
+            "train.seq_len=32", "train.batch_size=4", "train.eval_batches=2",
+            "train.eval_every=1000", "train.log_every=1", "train.progress=false",
+            "train.tensorboard=false", "train.analysis=false", "train.device=cpu"]
+
+
+@pytest.fixture
+def tiny_overrides(run_overrides):
+    """Config overrides for a run that takes about a second."""
+    return run_overrides + ["model.preset=tiny", "model.n_layers=2", "model.d_model=32",
+                            "model.d_ff=64", "model.n_heads=2", "model.n_kv_heads=1"]

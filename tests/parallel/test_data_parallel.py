@@ -27,7 +27,7 @@ from attnres import config
 from attnres.optim import Muon
 from attnres.parallel.dist_muon import ShardedMuon, assign_owners
 from attnres.train.trainer import Trainer
-from two_ranks import final_state, launch, rel, run_overrides, train_records
+from two_ranks import final_state, launch, rel, train_records
 
 STEPS, SPLIT = 5, 2
 MODEL = ["model.backbone=kimi-linear", "model.preset=tiny", "model.n_layers=2", "model.d_model=32",
@@ -89,9 +89,9 @@ def muon_distributed(out: Path) -> None:
     torch.save(result, out.with_name(f"{out.name}.{dist.get_rank()}"))
 
 
-def launch_two_processes(root: Path, text_corpus: Path) -> None:
+def launch_two_processes(root: Path, run_overrides: list[str]) -> None:
     """The single-process reference in this process, then every 2-process job in one launch."""
-    base = run_overrides(text_corpus, root) + MODEL
+    base = run_overrides + MODEL
     run_job(base, root / "single", None)  # also fills the token cache the workers read
     spec = root / "jobs.json"
     spec.write_text(json.dumps({"muon": str(root / "muon.pt"),
@@ -103,9 +103,9 @@ def launch_two_processes(root: Path, text_corpus: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path, text_corpus):
+def test_two_processes_match_one_process(tmp_path, run_overrides):
     """One test (not one per job), so that pytest-xdist never launches the jobs twice."""
-    launch_two_processes(tmp_path, text_corpus)
+    launch_two_processes(tmp_path, run_overrides)
     for job in JOBS:
         check_job(tmp_path, job)
     check_fsdp_resume(tmp_path)

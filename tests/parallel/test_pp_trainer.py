@@ -24,7 +24,7 @@ import torch.distributed as dist
 from attnres import config, units
 from attnres.parallel import pp_plan
 from attnres.train.trainer import Trainer, load_for_inference
-from two_ranks import final_state, free_port, launch, rel, run_overrides, train_records
+from two_ranks import final_state, free_port, launch, rel, train_records
 
 STEPS, SPLIT = 3, 2
 MODEL = ["model.backbone=kimi-linear", "model.preset=tiny", "model.n_layers=3",
@@ -45,8 +45,8 @@ def launch_ranks(root: Path, base: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_pipelined_trainer_matches_one_process(tmp_path, text_corpus):
-    base = run_overrides(text_corpus, tmp_path) + MODEL
+def test_pipelined_trainer_matches_one_process(tmp_path, run_overrides):
+    base = run_overrides + MODEL
     Trainer(config.load(overrides=base), run_dir=tmp_path / "single").train()  # fills the cache
     launch_ranks(tmp_path, base)
 

@@ -1,4 +1,4 @@
-"""Helpers of the 2-process gloo tests: the launch, the run overrides and the comparisons.
+"""Helpers of the 2-process gloo tests: the launch and the comparisons.
 
 A test file that launches ranks is also their worker script (`python <test file> <spec>`, with
 torchrun's environment variables), so this module is imported both by pytest (the folder's
@@ -14,14 +14,6 @@ from pathlib import Path
 import torch
 
 from attnres.train.metrics import read_metrics
-
-
-def run_overrides(text_corpus: Path, root: Path) -> list[str]:
-    """A short CPU run on the test corpus, quiet, with its token cache under `root`."""
-    return [f"data.source={text_corpus}", f"data.cache_dir={root / 'tokens'}", "train.seq_len=32",
-            "train.batch_size=4", "train.eval_batches=2", "train.eval_every=1000",
-            "train.log_every=1", "train.progress=false", "train.tensorboard=false",
-            "train.analysis=false", "train.device=cpu"]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -287,7 +287,7 @@ def render_scaling(runs: list[dict[str, Any]], summary: dict[str, Any] | None = 
         lines += ["", "With few seeds the bootstrap has few distinct resamples (3 for 2 seeds): read "
                   "the interval as a rough spread, not a calibrated confidence interval.", ""]
     lines += ["![loss vs compute](scaling.png)", ""]
-    lines += render_depth(summary.get("depth") or depth_summary(runs))
+    lines += render_depth(summary["depth"])
     return "\n".join(lines)
 
 
@@ -520,6 +520,7 @@ class Report:
     markdown: str
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # as `load_runs` returned them
 
 
 def _depth_plots(root: Path, runs: list[dict[str, Any]], group: str | None) -> list[Path]:
@@ -554,7 +555,7 @@ def build_report(root: str | Path) -> Report:
         if summary is not None:
             summaries[experiment] = summary
         parts.append(render(group, summary))
-    return Report("\n".join(parts), summaries)
+    return Report("\n".join(parts), summaries, runs=runs)
 
 
 def write_report(root: str | Path) -> Report:
@@ -568,7 +569,7 @@ def write_report(root: str | Path) -> Report:
     rep.files += [root / "report.md", root / "summary.json"]
     scaling = rep.summaries.get("scaling")
     if scaling:
-        runs = [r for r in load_runs(root) if r["experiment"] == "scaling"]
+        runs = [r for r in rep.runs if r["experiment"] == "scaling"]
         points = {arm: [(r["compute_pfs_days"], r["val_loss"]) for r in group]
                   for (arm,), group in group_runs(runs, ("arm",)).items()}
         fits = {arm: (e["A"], e["alpha"]) for arm, e in scaling["fits"].items() if "A" in e}

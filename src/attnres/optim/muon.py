@@ -22,6 +22,15 @@ RMS_FACTOR = 0.2  # Moonlight: u = 0.2 * sqrt(max(m, n)) * O matches AdamW's upd
 IMPLS = ("ours", "torch")
 
 
+def closure_loss(closure):
+    """The loss of an optimizer's `step(closure)`: the closure re-evaluated with gradients on
+    (step itself runs under no_grad), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def zeropower_newton_schulz(
     X: Tensor,
     steps: int = NS_STEPS,
@@ -174,10 +183,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         self._update_rms = {}
         index = 0
         for group in self.param_groups:

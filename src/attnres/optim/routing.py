@@ -12,7 +12,7 @@ from torch import nn
 
 from attnres import tags
 
-from .muon import Muon, build_muon
+from .muon import Muon, build_muon, closure_loss
 
 Named = list[tuple[str, nn.Parameter]]
 
@@ -102,10 +102,7 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for opt in self.optimizers.values():
             opt.step()
         return loss

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from attnres.optim.muon import Muon
+from attnres.optim.muon import Muon, closure_loss
 
 
 def assign_owners(numels: list[int], world_size: int) -> list[int]:
@@ -57,10 +57,7 @@ class ShardedMuon(Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         hidden = {}
         for p, o in zip(self.units, self.owners):
             if o != self.rank and p.grad is not None:  # Muon skips a unit without a gradient

@@ -224,7 +224,7 @@ def full_weights(modules: Iterable[nn.Module], name: str = "weight"):
                 m._parameters[name] = p
 
 
-class _Snapshot:
+class StateSnapshot:
     """A gathered state dict behind the `state_dict()` call `save_checkpoint` makes."""
 
     def __init__(self, state: dict):
@@ -331,7 +331,7 @@ class Parallel:
         if not self.enabled:
             return model, optimizer, scheduler
         model_state = {k: v.detach() for k, v in gather_full(model.state_dict()).items()}
-        return _Snapshot(model_state), _Snapshot(gather_full(optimizer.state_dict())), scheduler
+        return StateSnapshot(model_state), StateSnapshot(gather_full(optimizer.state_dict())), scheduler
 
     def local_optimizer_state(self, full: dict, optimizer, model: nn.Module) -> dict:
         """What this rank's optimizer loads of a checkpoint's (full) optimizer state."""

@@ -38,21 +38,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .distributed import World, init_distributed, local_device
+from .distributed import StateSnapshot, World, init_distributed, local_device
 from .pipeline import PipelineRunner
 
 # scheduler state entries with one value per optimizer param group (LambdaLR)
 _PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas")
 
 Layout = dict[str, list[tuple[str, list[str]]]]   # inner optimizer -> [(group name, [param names])]
-
-
-class _Snapshot:
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
 
 
 class PipelineParallel:
@@ -162,8 +154,8 @@ class PipelineParallel:
                     params[name].copy_(value)
         named_opt = _merge_optimizers([p[1] for p in parts])
         named_sched = _merge_schedulers([p[2] for p in parts])
-        return (model, _Snapshot(_optimizer_state(named_opt, self._full_layout)),
-                _Snapshot(_scheduler_state(named_sched, self._full_groups)))
+        return (model, StateSnapshot(_optimizer_state(named_opt, self._full_layout)),
+                StateSnapshot(_scheduler_state(named_sched, self._full_groups)))
 
     def local_optimizer_state(self, full: dict, optimizer, model: nn.Module) -> dict:
         """This rank's part of a single-process optimizer state dict."""
