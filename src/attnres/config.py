@@ -41,6 +41,7 @@ class ModelConfig:
     bias_update_rate: float = -1.0   # kimi-linear only: MoE balancing step u (-1 = 1e-3)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    latent_norm_eps: float = 1e-6    # kimi-linear only: MLA latent RMSNorm ε (released: 1e-6)
     init_std: float = 0.02
 
 
@@ -55,6 +56,7 @@ class AttnResConfig:
     block_size: int = 4              # S, in sublayers
     num_blocks: int = 0              # if > 0: S = ceil(L / N), overriding block_size
     eps: float = 1e-6
+    lr_mult: float = 1.0             # LR of the read parameters = optim.lr × lr_mult (docs/DESIGN.md)
     impl: str = "recompute"          # recompute | two_phase | naive (reference)
     two_phase_group: int = 8         # scheduling group of Full AttnRes under two_phase
     state_dtype: str = "float32"     # float32 | model: dtype of sources and of the baseline stream
@@ -210,6 +212,10 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {cfg.data.val_fraction}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if not 0 < cfg.attnres.lr_mult < float("inf"):
+        raise ConfigError(f"attnres.lr_mult must be a finite number > 0, got {cfg.attnres.lr_mult}")
+    if not 0 < cfg.model.latent_norm_eps < 1:
+        raise ConfigError(f"model.latent_norm_eps must be in (0, 1), got {cfg.model.latent_norm_eps}")
     if not cfg.optim.qk_clip_tau > 0:
         raise ConfigError(f"optim.qk_clip_tau must be > 0, got {cfg.optim.qk_clip_tau}")
     _check_read_variant(cfg)

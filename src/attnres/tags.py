@@ -6,9 +6,12 @@ a tag set at creation time cannot. `attnres.optim` reads the tags; nothing here 
 
 MUON = "muon"                      # 2-D hidden matrices, 3-D expert stacks (per-expert Muon)
 ADAMW = "adamw"                    # embeddings, head, norm gains, conv filters (weight decay on)
-ADAMW_NO_DECAY = "adamw_no_decay"  # AttnRes parameters, KDA A_log / dt_bias (weight decay 0)
+ADAMW_NO_DECAY = "adamw_no_decay"  # KDA A_log / dt_bias, DenseFormer / mHC mixing (weight decay 0)
+# AttnRes read parameters (pseudo-queries, key-norm gains, every read variant's parameters):
+# AdamW without weight decay at the global LR times `attnres.lr_mult` (docs/DESIGN.md).
+ATTNRES = "attnres"
 
-GROUPS = (MUON, ADAMW, ADAMW_NO_DECAY)
+GROUPS = (MUON, ADAMW, ADAMW_NO_DECAY, ATTNRES)
 _ATTR = "_attnres_optim_group"
 
 

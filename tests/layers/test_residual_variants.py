@@ -90,7 +90,9 @@ def test_forward_backward_reaches_every_variant_parameter(name):
     assert params, name
     softmax_attnres = kw["residual"] in ("full", "block") and "attnres_kernel" not in kw
     for n, p in params.items():
-        assert p.dtype == torch.float32 and tags.get_group(p) == tags.ADAMW_NO_DECAY, n
+        # AttnRes reads train at the read LR; DenseFormer / mHC mixing at the global LR
+        group = tags.ATTNRES if kw["residual"] in ("full", "block") else tags.ADAMW_NO_DECAY
+        assert p.dtype == torch.float32 and tags.get_group(p) == group, n
         if softmax_attnres and n.startswith("layers.0.res_mixer."):
             # sublayer 1 reads [e] alone: returned bitwise, so its parameters get no gradient (I7)
             assert p.grad is None or not p.grad.any(), n
@@ -108,9 +110,10 @@ def test_backbone_initialisation_is_the_baselines(name):
 
 
 @pytest.mark.parametrize("name", EQUAL_AT_INIT)
-def test_step0_logits_equal_the_baseline_with_zero_eps(name):
-    """I2 for the variants: uniform means (and sigmoid's ½·sum) are undone by every PreNorm."""
-    kw = dict(norm_eps=0.0, attnres_eps=0.0)
+def test_step0_logits_equal_the_baseline_at_the_default_eps(name):
+    """I2 for the variants: uniform means (and sigmoid's ½·sum) are undone by every PreNorm,
+    whose ε is scaled to its read (Residual.norm_eps)."""
+    kw = {}
     base = build(residual="prenorm", **kw).double()
     model = build(**VARIANTS[name], **kw).double()
     idx = torch.randint(0, 256, (2, 16))
@@ -118,7 +121,7 @@ def test_step0_logits_equal_the_baseline_with_zero_eps(name):
 
 
 def test_swa_differs_from_the_baseline_at_init():
-    kw = dict(norm_eps=0.0, attnres_eps=0.0)
+    kw = {}
     idx = torch.randint(0, 256, (2, 16))
     base = build(residual="prenorm", **kw).double()(idx)
     assert rel(build(**VARIANTS["full-swa"], **kw).double()(idx), base) > 1e-6
@@ -185,15 +188,19 @@ def test_default_options_keep_the_plain_read_and_the_recompute_op(monkeypatch):
 
 @pytest.mark.parametrize("name", ["full-input-query", "block-static-mixing", "denseformer", "mhc"])
 def test_cached_generation_equals_full_recomputation(name):
-    """Every variant mixes per token only, so the KV cache still gives the full pass."""
-    model = build(**VARIANTS[name]).eval()
+    """Every variant mixes per token only, so the KV cache still gives the full pass. In fp64:
+    the two paths sum in another order, and in fp32 the input-dependent query (a d×d map of the
+    latest source) amplifies that rounding to ~1e-5 on some CPUs (AVX-512). mHC's package works
+    in fp32 whatever the model dtype, so it is compared in fp32 at the end-to-end tolerance."""
+    dtype, tol = (torch.float32, 1e-4) if name == "mhc" else (torch.float64, 1e-10)
+    model = build(**VARIANTS[name]).eval().to(dtype)
     perturb(model, 0.3)
     idx = torch.randint(0, 256, (1, 20))
     cache = model.new_cache()
     with torch.no_grad():
         parts = [model(idx[:, :9], cache=cache), model(idx[:, 9:10], cache=cache),
                  model(idx[:, 10:], cache=cache)]
-        assert rel(torch.cat(parts, dim=1), model(idx)) < 1e-5
+        assert rel(torch.cat(parts, dim=1), model(idx)) < tol
 
 
 @pytest.mark.parametrize("name", ["block-multihead", "full-static-mixing", "full-sigmoid"])

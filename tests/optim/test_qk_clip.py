@@ -94,7 +94,7 @@ def test_heads_below_tau_and_the_shared_paths_stay_bitwise_the_same(kind):
     before = measure(layer, x)[0]
     tau = before.median().item()
     clipped = before > tau
-    gamma = tau / before.clamp_min(tau)
+    gamma = torch.full_like(before, tau) / before.clamp_min(tau)   # exactly 1 at and below τ
     w0 = snapshot(layer)
     apply_qk_clip(layer, tau)
     w1 = snapshot(layer)
@@ -226,6 +226,9 @@ def test_gamma_is_one_up_to_tau_and_tau_over_s_above():
     g = qk_clip_gamma(s, 100.0)
     assert torch.equal(g[:7], torch.ones(7)) and not torch.signbit(g).any()
     torch.testing.assert_close(g[7:], torch.tensor([0.5, 1e-28]), rtol=1e-6, atol=0)
+    # a head exactly at τ is not clipped, also when 1/τ is inexact (τ·(1/τ) = 1 − 2⁻²⁴ here)
+    at = torch.tensor([2.0, 5.444456100463867])
+    assert torch.equal(qk_clip_gamma(at, float(at[1])), torch.ones(2))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -67,6 +67,7 @@ def test_routes_by_tag():
         tags.MUON: ["experts", "proj.weight"],  # a module's own parameters come first
         tags.ADAMW: ["norm", "embed_tokens.weight", "lm_head.weight"],
         tags.ADAMW_NO_DECAY: ["query"],
+        tags.ATTNRES: [],
     }
 
 
@@ -117,6 +118,27 @@ def test_scheduler_drives_every_group():
     assert lrs == pytest.approx([1e-2 * 3 / 4] * 3)
     assert len(opt.optimizers["muon"].param_groups) == 1  # the inner groups are the same dicts
     assert opt.optimizers["muon"].param_groups[0]["lr"] == lrs[0]
+
+
+def test_attnres_reads_get_their_own_lr_through_the_schedule():
+    """`attnres` parameters: AdamW, decay 0, LR × read_lr_mult; the schedule keeps the ratio,
+    and an update moves them by lr·mult (Adam's first step is ±lr per element)."""
+    model = Toy()
+    tags.set_group(model.query, tags.ATTNRES)
+    opt = build_optimizer(model, lr=1e-2, read_lr_mult=0.1)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert list(groups) == ["muon", "adamw", "attnres"]
+    assert groups["attnres"]["weight_decay"] == 0.0 and same(groups["attnres"]["params"], [model.query])
+    assert groups["attnres"]["lr"] == pytest.approx(1e-3) and groups["adamw"]["lr"] == 1e-2
+    sched = build_scheduler(opt, "wsd", total_steps=10, warmup_steps=4)
+    q0 = model.query.detach().clone()
+    train(model, opt, sched, batches(1))
+    step = (model.query.detach() - q0).abs()
+    assert torch.allclose(step[step > 0], torch.tensor(1e-2 * 0.1 / 4), rtol=1e-3)  # warmup 1/4
+    train(model, opt, sched, batches(1))
+    assert groups["attnres"]["lr"] == pytest.approx(0.1 * groups["adamw"]["lr"])
+    with pytest.raises(ValueError, match="read_lr_mult"):
+        build_optimizer(model, lr=1e-2, read_lr_mult=0.0)
 
 
 def test_empty_muon_group():

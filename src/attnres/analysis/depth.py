@@ -52,6 +52,27 @@ def depth_analysis(model, x: torch.Tensor, y: torch.Tensor, device: torch.device
     }
 
 
+@torch.no_grad()
+def depth_trace(model, x: torch.Tensor, autocast=None) -> dict | None:
+    """How saturated the depth softmax is, for logging during training: per read (0..L-1 the
+    sublayer inputs, L the final read), the mean weight on the embedding and the mean normalised
+    entropy H(p) / log n over tokens (1 = uniform, 0 = one source; None for a one-source read).
+    A read whose embedding weight climbs towards 1 and entropy falls towards 0 within the first
+    steps has locked onto the embedding (docs/DESIGN.md, "The read parameters' learning rate").
+    None for models without depth reads."""
+    if not model.residual.is_attnres:
+        return None
+    was_training = model.training
+    model.eval()
+    record = DepthRecord()
+    with (autocast or contextlib.nullcontext)():
+        model(x, record=record)
+    model.train(was_training)
+    reads = range(model.cfg.n_sublayers + 1)
+    return {"embedding_weight": [float(record.weights[r][0]) for r in reads],
+            "entropy": [record.entropy.get(r) for r in reads]}
+
+
 def depth_statistics(analysis: dict) -> dict[str, float | None]:
     """A few numbers that carry the shapes [AR] reads off Figs. 5 and 8 (targets.md A6, A7).
 

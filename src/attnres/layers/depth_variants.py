@@ -19,9 +19,11 @@ Two further residual kinds live here as modules; their streams are in `residual.
 - `DenseMix`: DenseFormer's depth-weighted average after a layer (identity-initialised scalars).
 - `HyperConnection`: mHC with m streams from the `hyper-connections` package (lazy import).
 
-Every parameter is fp32, tagged `adamw_no_decay`, and created from zeros, ones or an identity,
-so no random number is drawn and the backbone initialisation is the same for every residual kind
-(invariant I13).
+Every parameter is fp32 and created from zeros, ones or an identity, so no random number is
+drawn and the backbone initialisation is the same for every residual kind (invariant I13). The
+read variants' parameters are tagged `attnres` (AdamW, no decay, LR × `attnres.lr_mult`, like the
+plain read's); DenseFormer's and mHC's are tagged `adamw_no_decay` (the global LR, as their papers
+train them).
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ def num_sources(read: int, n_sublayers: int, block_size: int, window: int | None
     return n if window is None else min(n, 1 + window)
 
 
-def _fp32_param(t: torch.Tensor) -> nn.Parameter:
-    return tags.set_group(nn.Parameter(t), tags.ADAMW_NO_DECAY)
+def _fp32_param(t: torch.Tensor, group: str = tags.ATTNRES) -> nn.Parameter:
+    return tags.set_group(nn.Parameter(t), group)
 
 
 class Gain(nn.Module):
@@ -248,7 +250,7 @@ class DenseMix(nn.Module):
         super().__init__()
         w = torch.zeros(n_inputs)
         w[-1] = 1.0
-        self.weight = _fp32_param(w)
+        self.weight = _fp32_param(w, tags.ADAMW_NO_DECAY)
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != self.weight.shape[0]:

@@ -60,7 +60,7 @@ class MultiHeadLatentAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_nope: int, d_rope: int, d_v: int,
                  kv_lora_rank: int, rope: bool = False, rope_theta: float = 10000.0,
-                 norm_eps: float = 1e-5, decode: str = "absorbed"):
+                 norm_eps: float = 1e-6, decode: str = "absorbed"):
         super().__init__()
         if decode not in DECODE:
             raise ValueError(f"mla: decode must be one of {DECODE}, got {decode!r}")

@@ -44,20 +44,21 @@ class KeyNorm(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.weight = tags.set_group(nn.Parameter(torch.ones(dim)), tags.ADAMW_NO_DECAY)
+        self.weight = tags.set_group(nn.Parameter(torch.ones(dim)), tags.ATTNRES)
 
 
 class DepthRead(nn.Module):
     """One AttnRes read: a pseudo-query w (zeros) and a key-norm gain g (ones), both fp32.
 
-    Zero queries make every read start as the uniform mean of its sources, which after the
-    sublayer's PreNorm equals the baseline (spec §2, invariant I2)."""
+    Zero queries make every read start as the uniform mean of its sources, 1/n times the
+    baseline's hidden state; the sublayer's PreNorm then takes ε/n² (`Residual.norm_eps`) so
+    that its output equals the baseline's at any ε (docs/DESIGN.md, "Exact drop-in at step 0")."""
 
     def __init__(self, dim: int, eps: float = 1e-6, impl: str = "recompute"):
         super().__init__()
         # Created without drawing random numbers, so the backbone's initialisation is the same
         # for every residual kind (invariant I13).
-        self.query = tags.set_group(nn.Parameter(torch.zeros(dim)), tags.ADAMW_NO_DECAY)
+        self.query = tags.set_group(nn.Parameter(torch.zeros(dim)), tags.ATTNRES)
         self.key_norm = KeyNorm(dim)
         self.eps = eps
         self.impl = impl
@@ -75,6 +76,7 @@ class DepthRecord:
     """What a stream observed during one forward, filled only when asked (analysis mode)."""
 
     weights: dict[int, torch.Tensor] = field(default_factory=dict)     # read -> [n] mean over tokens
+    entropy: dict[int, float] = field(default_factory=dict)            # read -> mean H(p) / log n
     output_rms: dict[int, float] = field(default_factory=dict)         # sublayer -> RMS(v_l)
     input_rms: dict[int, float] = field(default_factory=dict)          # sublayer -> RMS(h_l)
     stream_rms: dict[int, float] = field(default_factory=dict)         # sublayer -> RMS(carried state)
@@ -160,6 +162,34 @@ class Residual:
         return AttnResStream(x, reads, self.block_size, self.impl, self.two_phase_group, record,
                              self.options.window)
 
+    def init_read_scale(self, sub: int) -> float:
+        """c such that read `sub` (0-based sublayer; L = the final read) returns c times the
+        baseline's hidden state while its parameters are at their initial values.
+
+        A zero query (or zero static logits) gives uniform softmax weights 1/n, and the sources
+        of a read always sum to the baseline's hidden state, so c = 1/n with n fixed per read;
+        sigmoid gates start at σ(0) = 1/2 each, so c = 1/2. A depth window drops sources, so
+        the windowed read is not a multiple of the baseline; it gets 1/n of what it reads."""
+        if not self.is_attnres:
+            return 1.0
+        if self.options.kernel == "sigmoid":
+            return 0.5
+        # A sublayer read's source count does not depend on L (only the final read's does), so
+        # a Residual built without n_sublayers still answers for every sublayer read.
+        n_sublayers = self.n_sublayers if self.n_sublayers is not None else sub + 1
+        return 1.0 / num_sources(sub, n_sublayers, self.block_size, self.options.window)
+
+    def norm_eps(self, sub: int, eps: float) -> float:
+        """The ε of the RMSNorm that reads the output of read `sub` (the sublayer's PreNorm, or
+        the final norm for sub = L): ε·c² with c = `init_read_scale(sub)`.
+
+        RMSNorm_{ε c²}(c·x) = x / √(ms(x) + ε) = RMSNorm_ε(x), so at initialisation every
+        sublayer input after its PreNorm, and the logits, equal the PreNorm baseline's at the
+        configured ε (invariant I2 of docs/THEORY.md), not only at ε = 0. Once trained, the read
+        is a weighted mean of sources of the baseline's scale, which ε/n² leaves as safe from
+        division by zero as ε does (ε/n² ≥ 1e-5/33² ≈ 1e-8 in fp32 at n = 33)."""
+        return eps * self.init_read_scale(sub) ** 2
+
     def describe(self) -> str:
         name = f"block (S={self.block_size})" if self.kind == "block" else self.kind
         variant = self.options.describe() if self.is_attnres else ""
@@ -228,7 +258,7 @@ class AttnResStream:
         read = self.reads[sub]
         if self.record is not None:
             h, weights = read(sources, return_weights=True)
-            self.record.weights[sub] = _mean_weights(weights)
+            self._record_weights(sub, weights)
             self.record.input_rms[sub] = _rms(h)
             return h
         if self.two_phase and len(sources) > 1:
@@ -256,9 +286,14 @@ class AttnResStream:
         read = self.reads[-1]
         if self.record is not None:
             h, weights = read(self.completed, return_weights=True)
-            self.record.weights[self.n_sublayers] = _mean_weights(weights)
+            self._record_weights(self.n_sublayers, weights)
             return h
         return read(self.completed)
+
+    def _record_weights(self, read: int, weights: torch.Tensor) -> None:
+        self.record.weights[read] = _mean_weights(weights)
+        if weights.shape[0] > 1:
+            self.record.entropy[read] = _mean_entropy(weights)
 
     def _two_phase_read(self, sub: int, sources: list[torch.Tensor]) -> torch.Tensor:
         # A scheduling group starts at a block boundary (Block) or every `group_size` sublayers
@@ -345,6 +380,15 @@ def _rms(x: torch.Tensor) -> float:
 
 def _mean_weights(weights: torch.Tensor) -> torch.Tensor:
     return weights.detach().float().flatten(1).mean(dim=1).cpu()
+
+
+def _mean_entropy(weights: torch.Tensor) -> float:
+    """Mean over tokens (and heads) of the depth distribution's entropy over log n: 1 for uniform
+    weights, 0 for all weight on one source. Sigmoid gates are normalised first."""
+    p = weights.detach().double()
+    p = p / p.sum(0, keepdim=True).clamp_min(1e-300)
+    h = -(p * p.clamp_min(1e-300).log()).sum(0)
+    return float(h.mean() / torch.log(torch.tensor(float(p.shape[0]), dtype=torch.float64)))
 
 
 def _record_output(record: DepthRecord, sub: int, out: torch.Tensor) -> None:

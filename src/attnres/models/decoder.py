@@ -83,11 +83,13 @@ class DecoderLayer(nn.Module):
                  residual: Residual, norm_eps: float):
         super().__init__()
         self.index = index
+        # Each PreNorm's ε is scaled to its read (Residual.norm_eps), so a zero-initialised
+        # AttnRes model starts exactly as the PreNorm baseline at the configured ε.
         self.res_mixer = residual.make_read(d_model, 2 * index)
-        self.attn_norm = RMSNorm(d_model, norm_eps)
+        self.attn_norm = RMSNorm(d_model, residual.norm_eps(2 * index, norm_eps))
         self.self_attn = mixer
         self.res_ffn = residual.make_read(d_model, 2 * index + 1)
-        self.ffn_norm = RMSNorm(d_model, norm_eps)
+        self.ffn_norm = RMSNorm(d_model, residual.norm_eps(2 * index + 1, norm_eps))
         self.mlp = ffn
 
     def forward(self, stream, cache=None) -> None:
@@ -123,7 +125,7 @@ class DecoderLM(nn.Module, abc.ABC):
             DecoderLayer(j, cfg.d_model, self.build_mixer(j), self.build_ffn(j), self.residual,
                          cfg.norm_eps) for j in range(cfg.n_layers))
         self.final_res = self.residual.make_read(cfg.d_model, cfg.n_sublayers)
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, self.residual.norm_eps(cfg.n_sublayers, cfg.norm_eps))
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         tags.set_group(self.embed_tokens.weight, tags.ADAMW)
         tags.set_group(self.lm_head.weight, tags.ADAMW)

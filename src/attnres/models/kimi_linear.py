@@ -35,6 +35,7 @@ class KimiLinearConfig(DecoderConfig):
     d_rope: int = 16
     d_v: int = 32
     kv_lora_rank: int = 16
+    latent_norm_eps: float = 1e-6    # ε of the latent RMSNorm (kv_a_layernorm), as released
     mla_rope: bool = False           # NoPE, as in Kimi Linear
     rope_theta: float = 10000.0
     # FFN
@@ -90,7 +91,7 @@ class KimiLinearLM(DecoderLM):
         if c.layer_kinds()[j] == "M":
             return MultiHeadLatentAttention(c.d_model, c.mla_heads, c.d_nope, c.d_rope, c.d_v,
                                             c.kv_lora_rank, rope=c.mla_rope, rope_theta=c.rope_theta,
-                                            norm_eps=c.norm_eps)
+                                            norm_eps=c.latent_norm_eps)
         return KimiDeltaAttention(c.d_model, c.kda_heads, c.kda_head_dim, c.conv_size, c.gate_rank,
                                   c.chunk_size, c.kda_mode, c.norm_eps)
 

@@ -133,7 +133,10 @@ def qk_clip_gamma(max_logit: torch.Tensor, tau: float) -> torch.Tensor:
         where = [tuple(i) for i in bad.nonzero().tolist()]
         raise ValueError(f"qk-clip: non-finite max logit at (layer, head) {where[:8]}; "
                          f"the attention logits overflowed")
-    return tau / max_logit.clamp_min(tau)
+    # Tensor / tensor: a Python scalar over a tensor is computed as scalar · (1 / tensor), which
+    # rounds τ/τ to 1 − 2⁻²⁴ and would shrink heads that sit exactly at τ.
+    s_max = max_logit.clamp_min(tau)
+    return torch.full_like(s_max, tau) / s_max
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 Every trainable parameter carries one `attnres.tags` group, set where it is created:
 `muon` (2-D hidden matrices, 3-D expert stacks), `adamw` (embeddings, head, norm gains, conv
-filters; decay λ) and `adamw_no_decay` (AttnRes parameters, KDA `A_log` / `dt_bias`; decay 0).
+filters; decay λ), `adamw_no_decay` (KDA `A_log` / `dt_bias`, DenseFormer / mHC mixing; decay 0)
+and `attnres` (the AttnRes read parameters; decay 0, LR × `read_lr_mult`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def route_parameters(model: nn.Module | Named) -> dict[str, Named]:
     `model` may also be a list of (name, parameter) pairs, e.g. one pipeline stage's
     (`PipelineRunner.named_parameters()`).
 
-    Returns {tags.MUON: [...], tags.ADAMW: [...], tags.ADAMW_NO_DECAY: [...]}, each a list of
+    Returns {tags.MUON: [...], tags.ADAMW: [...], tags.ADAMW_NO_DECAY: [...], tags.ATTNRES: [...]},
+    each a list of
     (name, parameter) in `named_parameters` order (shared parameters once, under their first name).
     Parameters with requires_grad=False are skipped.
 
@@ -63,7 +65,7 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     `param_groups` is the list of every inner optimizer's group dicts (the same objects), so an
     LR scheduler such as `LambdaLR` drives one multiplier for all of them; each group has a
-    "name" ("muon", "muon_torch", "adamw_matrices", "adamw", "adamw_no_decay"). The state lives
+    "name" ("muon", "muon_torch", "adamw_matrices", "adamw", "adamw_no_decay", "attnres"). The state lives
     in the inner optimizers (`optimizers`, by name); `state_dict` nests theirs, and a state dict
     loads only into a HybridOptimizer with the same inner optimizers (same optimizer choice and
     Muon impl).
@@ -151,6 +153,7 @@ def build_optimizer(
     muon_impl: str = "ours",
     ns_dtype: torch.dtype | None = None,
     optimizer: str = "muon",
+    read_lr_mult: float = 1.0,
 ) -> HybridOptimizer:
     """Route `model`'s parameters (or the given (name, parameter) pairs) by tag and build
     Muon + AdamW (spec §1, §2, §5).
@@ -159,9 +162,13 @@ def build_optimizer(
     `adamw_no_decay` to AdamW with decay 0. With muon_impl="torch" the 2-D units go to
     `torch.optim.Muon` ("muon_torch") and 3-D expert stacks stay on ours (spec §4).
     optimizer="adamw" (the baseline optimizer): the `muon` units go to AdamW with decay λ, in
-    their own group "adamw_matrices". One LR and one decay for all groups; empty groups are left
-    out (a model without hidden matrices has no Muon).
+    their own group "adamw_matrices". `attnres` parameters (the AttnRes reads) go to AdamW with
+    decay 0 at LR `lr * read_lr_mult`, the one group whose LR differs (docs/DESIGN.md, "The read
+    parameters' learning rate"); the schedule scales every group's LR by the same multiplier.
+    Empty groups are left out (a model without hidden matrices has no Muon).
     """
+    if not read_lr_mult > 0:
+        raise ValueError(f"read_lr_mult must be > 0, got {read_lr_mult}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
     routes = route_parameters(model)
@@ -186,6 +193,8 @@ def build_optimizer(
     adamw_groups += [
         {"params": routes[tags.ADAMW], "weight_decay": weight_decay, "name": "adamw"},
         {"params": routes[tags.ADAMW_NO_DECAY], "weight_decay": 0.0, "name": "adamw_no_decay"},
+        {"params": routes[tags.ATTNRES], "weight_decay": 0.0, "name": "attnres",
+         "lr": lr * read_lr_mult},
     ]
     adamw_groups = [g for g in adamw_groups if g["params"]]
     if adamw_groups:

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from attnres import units
-from attnres.config import Config, ConfigError
+from attnres.config import Config, ConfigError, ModelConfig
 from attnres.models import dense, kimi_linear
 
 # backbone name -> (config class, model class, presets, ModelConfig keys it accepts)
@@ -67,8 +67,13 @@ def model_config(cfg: Config, vocab_size: int):
         a = cfg.attnres
         common.update(attnres_query=a.query, attnres_mixing=a.mixing, attnres_kernel=a.kernel,
                       attnres_key_norm=a.key_norm, attnres_window=a.window, attnres_heads=a.heads)
-    if "rope_theta" in {f.name for f in dataclasses.fields(config_cls)}:
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    if "rope_theta" in fields:
         common["rope_theta"] = m.rope_theta
+    if "latent_norm_eps" in fields:
+        common["latent_norm_eps"] = m.latent_norm_eps
+    elif m.latent_norm_eps != ModelConfig.latent_norm_eps:
+        raise ConfigError(f"model.latent_norm_eps does not apply to backbone {m.backbone} (no MLA)")
     try:
         return config_cls(**common, **shape)
     except ValueError as err:

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnres import units
-from attnres.analysis.depth import depth_analysis
+from attnres.analysis.depth import depth_analysis, depth_trace
 from attnres.config import Config, ConfigError, from_dict
 from attnres.data import BatchLoader, TokenData, check_length, eval_batches, prepare_data
 from attnres.data.tokenizer import tokenizer_from_dict
@@ -171,6 +171,7 @@ class Trainer:
         with self._metrics() as metrics, bar:
             if self.step == 0:
                 metrics.log("params", 0, **self.param_counts())
+                self._log_depth_trace(metrics)
             while self.step < stop_at:
                 t0 = time.perf_counter()
                 loss, grad_norm, lr = self.train_step()
@@ -191,6 +192,7 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     val_loss, val_bpb = self.evaluate()
                     metrics.log("eval", self.step, val_loss=val_loss, val_bpb=val_bpb)
+                    self._log_depth_trace(metrics)
                     self.history.append({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb})
                     if self.par.is_main:
                         bar.write(f"{self.run_dir.name} step {self.step}: val loss "
@@ -199,6 +201,15 @@ class Trainer:
                     self.save()
         self.save()
         return train_s, trained_tokens
+
+    def _log_depth_trace(self, metrics) -> None:
+        """AttnRes: embedding weight and entropy of every read on the first validation batch, at
+        step 0 and every evaluation (one forward; rank 0 only; not under pp or fsdp)."""
+        if not self.model.residual.is_attnres or self.runner is not None or self.par.sharded \
+                or not self.par.is_main:
+            return
+        trace = depth_trace(self.model, self.eval_set[0][0].to(self.device), self.autocast)
+        metrics.log("depth", self.step, **trace)
 
     @contextlib.contextmanager
     def _metrics(self):
@@ -262,7 +273,8 @@ class Trainer:
         o = self.cfg.optim
         return build_optimizer(params, optimizer=o.name, lr=o.lr, weight_decay=o.weight_decay,
                                betas=tuple(o.betas), eps=o.eps, momentum=o.momentum,
-                               nesterov=o.nesterov, ns_steps=o.ns_steps, muon_impl=o.muon_impl)
+                               nesterov=o.nesterov, ns_steps=o.ns_steps, muon_impl=o.muon_impl,
+                               read_lr_mult=self.cfg.attnres.lr_mult)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
