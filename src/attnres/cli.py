@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.0, help="peak LR (0 = config default 3e-3)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config override, applied to every arm (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train this many arms side by side, each in its own process with an "
+                   "equal share of the CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
     _add_device_args(p)
 
@@ -158,7 +161,8 @@ def _compare(args) -> int:
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         block_size=args.block_size, seeds=tuple(args.seeds), data=args.data, out=args.out,
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
-        lr=args.lr, overrides=args.set, progress=not args.no_progress)
+        lr=args.lr, overrides=args.set, workers=args.workers,
+        progress=not args.no_progress and args.workers == 1)  # bars would interleave
     summary = run_compare(settings)
     print()
     print(format_table(summary))

@@ -56,7 +56,7 @@ class AttnResConfig:
     block_size: int = 4              # S, in sublayers
     num_blocks: int = 0              # if > 0: S = ceil(L / N), overriding block_size
     eps: float = 1e-6
-    lr_mult: float = 1.0             # LR of the read parameters = optim.lr × lr_mult (docs/DESIGN.md)
+    lr_mult: float = 0.1             # LR of the read parameters = optim.lr × lr_mult (docs/DESIGN.md)
     impl: str = "recompute"          # recompute | two_phase | naive (reference)
     two_phase_group: int = 8         # scheduling group of Full AttnRes under two_phase
     state_dtype: str = "float32"     # float32 | model: dtype of sources and of the baseline stream

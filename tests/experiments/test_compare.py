@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from attnres.cli import main
+from attnres.train.metrics import read_metrics
 
 
 def test_compare_writes_summary_report_and_plots(tmp_path, text_corpus, capsys):
@@ -30,6 +33,20 @@ def test_compare_writes_summary_report_and_plots(tmp_path, text_corpus, capsys):
         assert (out / png).stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "Seed spread" in report and "| full |" in report
+    assert (out / "depth_trace.png").stat().st_size > 1000 and "depth_trace.png" in report
+    # drop-in at the default config: the first training loss is the baseline's in every arm
+    first = {name: next(r["loss"] for r in read_metrics(out / name / "seed-0" / "metrics.jsonl")
+                        if r["kind"] == "train") for name in ("baseline", "full", "block")}
+    for name in ("full", "block"):
+        assert abs(first[name] / first["baseline"] - 1) < 1e-5, first
+    # the depth trace starts uniform (weight 1/n on the embedding, entropy 1) and is logged at
+    # step 0 and at every evaluation
+    trace = [r for r in read_metrics(out / "block" / "seed-0" / "metrics.jsonl") if r["kind"] == "depth"]
+    evals = [r["step"] for r in read_metrics(out / "block" / "seed-0" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in trace] == [0] + evals
+    n_sources = [1, 2, 2, 3, 3]          # L = 4 sublayers, S = 2, and the final read
+    assert trace[0]["embedding_weight"] == pytest.approx([1 / n for n in n_sources], rel=1e-6)
+    assert trace[0]["entropy"][0] is None and trace[0]["entropy"][1:] == pytest.approx([1.0] * 4)
 
 
 def test_compare_kimi_linear_reports_expert_load(tmp_path, text_corpus, capsys):

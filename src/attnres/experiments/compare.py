@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ class CompareSettings:
     lr: float = 0.0              # 0 = the config default
     overrides: list[str] = field(default_factory=list)
     progress: bool = True
+    workers: int = 1             # arms trained side by side, each with cpu_count / workers threads
 
 
 def arm_config(s: CompareSettings, variant: str, seed: int) -> Config:
@@ -75,14 +78,26 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     # Tokenise once in this process; the arms find the cache.
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
                         first.data.val_fraction, first.data.cache_dir)
+    if s.workers < 1:
+        raise config_mod.ConfigError(f"--workers must be >= 1, got {s.workers}")
     started = time.perf_counter()
+    runs = [(variant, seed) for seed in s.seeds for variant in s.variants]
+    threads = max(1, (os.cpu_count() or 1) // s.workers) if s.workers > 1 else None
+
+    def train(variant: str, seed: int) -> dict[str, Any]:
+        run_dir = out / variant / f"seed-{seed}"
+        print(f"== {variant} (seed {seed}) -> {run_dir}", flush=True)
+        result = run_arm(arm_config(s, variant, seed), run_dir, threads=threads)
+        print(f"== {variant} (seed {seed}): val loss {result['val_loss']:.4f}", flush=True)
+        return result
+
+    # Threads only wait: each arm trains in its own process (run_arm), so side by side arms
+    # share the cores, not an interpreter.
+    with ThreadPoolExecutor(max_workers=s.workers) as pool:
+        results = list(pool.map(lambda run: train(*run), runs))
     arms: dict[str, list[dict[str, Any]]] = {v: [] for v in s.variants}
-    for seed in s.seeds:
-        for variant in s.variants:
-            run_dir = out / variant / f"seed-{seed}"
-            cfg = arm_config(s, variant, seed)
-            print(f"== {variant} (seed {seed}) -> {run_dir}", flush=True)
-            arms[variant].append(run_arm(cfg, run_dir))
+    for (variant, _), result in zip(runs, results):
+        arms[variant].append(result)
     summary = _summarise(s, arms, data, time.perf_counter() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _write_plots(s, out, arms)
@@ -127,6 +142,7 @@ def read_arm(run_dir: Path) -> dict[str, Any]:
     records = read_metrics(run_dir / "metrics.jsonl")
     result["params_detail"] = next(r for r in records if r["kind"] == "params")
     result["moe"] = [r for r in records if r["kind"] == "moe"]
+    result["depth_trace"] = [r for r in records if r["kind"] == "depth"]
     analysis = run_dir / "analysis.json"
     result["analysis"] = json.loads(analysis.read_text()) if analysis.exists() else None
     return result
@@ -160,7 +176,7 @@ def _summarise(s: CompareSettings, arms: dict[str, list[dict]], data, wall: floa
             if name == "baseline":
                 continue
             diffs = [r["val_loss"] - b["val_loss"] for r, b in zip(runs, base)]
-            variants[name]["delta_vs_baseline"] = _stats(diffs)
+            variants[name]["delta_vs_baseline"] = {**_stats(diffs), "per_seed": diffs}
     cfg = arm_config(s, s.variants[0], s.seeds[0])
     return {
         "backbone": s.backbone,
@@ -204,6 +220,10 @@ def _write_plots(s: CompareSettings, out: Path, arms: dict[str, list[dict]]) -> 
             if analysis.get("depth_weights"):
                 plots.plot_depth_attention(analysis, out / f"depth_attention_{name}.png",
                                            f"{name}: mean depth-attention weights")
+    traces = {n: runs[0]["depth_trace"] for n, runs in arms.items() if runs[0].get("depth_trace")}
+    if traces:
+        plots.plot_depth_trace(traces, out / "depth_trace.png",
+                               f"depth softmax over training, first validation batch (seed {s.seeds[0]})")
     moe = {n: runs[0]["moe"] for n, runs in arms.items() if runs[0].get("moe")}
     if moe:
         plots.plot_expert_load(moe, out / "expert_load.png", f"MoE expert load ({title})")
@@ -245,7 +265,8 @@ def render_report(summary: dict[str, Any]) -> str:
     ]
     lines += _spread_paragraph(summary)
     lines += ["", "## Plots", "", "![loss curves](loss_curves.png)", "",
-              "![depth profiles](depth_profiles.png)", ""]
+              "![depth profiles](depth_profiles.png)", "",
+              "![depth softmax over training](depth_trace.png)", ""]
     for name in summary["variants"]:
         if name != "baseline":
             lines += [f"![{name} depth attention](depth_attention_{name}.png)", ""]
@@ -268,7 +289,8 @@ def _spread_paragraph(summary: dict[str, Any]) -> list[str]:
         if d is None:
             continue
         verdict = ("larger than" if abs(d["mean"]) > 2 * max(d["sd"], 1e-12) else "not clearly larger than")
+        per_seed = ", ".join(f"seed {k}: {x:+.4f}" for k, x in zip(summary["seeds"], d.get("per_seed", [])))
         out.append(f"- {name} − baseline = {d['mean']:+.4f} ± {d['sd']:.4f} (paired, sd over "
-                   f"{d['n']} seeds): {verdict} the paired seed noise "
+                   f"{d['n']} seeds; {per_seed}): {verdict} the paired seed noise "
                    f"(|mean| {'>' if verdict.startswith('larger') else '≤'} 2 sd).")
     return out

@@ -42,14 +42,19 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: Path, title: str) -> Pat
 
 
 def plot_depth_profiles(analyses: dict[str, dict], path: Path, title: str) -> Path:
-    """Per-sublayer output RMS, carried-state RMS and gradient norm (cf. [AR] Fig. 5)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    """Per-sublayer output RMS, carried-state RMS, parameter gradient norm (cf. [AR] Fig. 5) and
+    the RMS of the gradient reaching each sublayer's output (a sublayer starved by a saturated
+    depth softmax shows here first)."""
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     panels = [("output_rms", "sublayer output RMS  RMS(v_l)", True),
               ("stream_rms", "carried state RMS after sublayer", True),
-              ("grad_norm", "gradient norm per sublayer", True)]
+              ("grad_norm", "gradient norm of sublayer parameters", True),
+              ("output_grad_rms", "gradient RMS reaching the output v_l", True)]
     for ax, (key, label, log) in zip(axes, panels):
         for i, (name, analysis) in enumerate(analyses.items()):
-            values = analysis[key]
+            values = [np.nan if v is None else v for v in analysis.get(key) or []]
+            if not values:
+                continue
             ax.plot(range(1, len(values) + 1), values, "o-", ms=3, color=_color(name, i), label=name)
         ax.set(title=label, xlabel="sublayer l")
         if log:
@@ -88,6 +93,35 @@ def plot_depth_attention(analysis: dict, path: Path, title: str) -> Path:
                     ax.text(xi, yi, f"{value:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if value < 0.5 else "black")
     fig.colorbar(im, ax=axes, shrink=0.8, label="mean weight")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_depth_trace(traces: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Saturation of the depth softmax over training, one column per arm: the mean weight on
+    the embedding (top) and the normalised entropy H(p)/log n (bottom, 1 = uniform) of every
+    read, coloured from the first read (dark) to the final read (light).
+
+    traces: arm -> the run's "depth" metric records ({"step", "embedding_weight", "entropy"})."""
+    names = [n for n, t in traces.items() if t]
+    fig, axes = plt.subplots(2, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 6.5),
+                             squeeze=False)
+    for col, name in enumerate(names):
+        records = sorted(traces[name], key=lambda r: r["step"])
+        steps = [r["step"] for r in records]
+        n_reads = len(records[0]["embedding_weight"])
+        colors = plt.cm.viridis(np.linspace(0, 0.9, n_reads))
+        for key, row, label in (("embedding_weight", 0, "mean weight on the embedding"),
+                                ("entropy", 1, "entropy / log n (1 = uniform)")):
+            ax = axes[row, col]
+            for r in range(n_reads):
+                values = [np.nan if rec[key][r] is None else rec[key][r] for rec in records]
+                if not np.all(np.isnan(values)):
+                    ax.plot(steps, values, color=colors[r], lw=1,
+                            label=("final" if r == n_reads - 1 else f"l={r + 1}"))
+            ax.set(title=f"{name}: {label}", xlabel="step", ylim=(0, 1.02))
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=6, ncol=2)
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -185,7 +185,7 @@ class Residual:
 
         RMSNorm_{ε c²}(c·x) = x / √(ms(x) + ε) = RMSNorm_ε(x), so at initialisation every
         sublayer input after its PreNorm, and the logits, equal the PreNorm baseline's at the
-        configured ε (invariant I2 of docs/THEORY.md), not only at ε = 0. Once trained, the read
+        configured ε (invariant I2, docs/DESIGN.md "Exact drop-in at step 0"), not only at ε = 0. Once trained, the read
         is a weighted mean of sources of the baseline's scale, which ε/n² leaves as safe from
         division by zero as ε does (ε/n² ≥ 1e-5/33² ≈ 1e-8 in fp32 at n = 33)."""
         return eps * self.init_read_scale(sub) ** 2
