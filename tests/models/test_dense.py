@@ -63,7 +63,9 @@ def test_two_phase_and_naive_models_match_recompute(residual, S):
 
 @pytest.mark.parametrize("residual", ["prenorm", "full", "block"])
 def test_cached_generation_equals_full_recomputation(residual):
-    model = build(residual, block_size=2).eval()
+    """In fp64: the cached and the full pass sum in another order, and in fp32 that rounding
+    (a few 1e-6 through the whole model, more on some CPUs) could flip a greedy near-tie."""
+    model = build(residual, block_size=2).double().eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
@@ -78,7 +80,7 @@ def test_cached_generation_equals_full_recomputation(residual):
     with torch.no_grad():
         parts = [model(idx[:, :11], cache=cache), model(idx[:, 11:12], cache=cache),
                  model(idx[:, 12:], cache=cache)]
-        assert rel(torch.cat(parts, dim=1), model(idx)) < 1e-5
+        assert rel(torch.cat(parts, dim=1), model(idx)) < 1e-10
 
 
 def test_bad_shapes_are_clear_errors():

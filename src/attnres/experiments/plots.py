@@ -105,7 +105,7 @@ def plot_depth_trace(traces: dict[str, list[dict]], path: Path, title: str) -> P
     traces: arm -> the run's "depth" metric records ({"step", "embedding_weight", "entropy"})."""
     names = [n for n, t in traces.items() if t]
     fig, axes = plt.subplots(2, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 6.5),
-                             squeeze=False)
+                             squeeze=False, constrained_layout=True)
     for col, name in enumerate(names):
         records = sorted(traces[name], key=lambda r: r["step"])
         steps = [r["step"] for r in records]
@@ -119,7 +119,7 @@ def plot_depth_trace(traces: dict[str, list[dict]], path: Path, title: str) -> P
                 if not np.all(np.isnan(values)):
                     ax.plot(steps, values, color=colors[r], lw=1,
                             label=("final" if r == n_reads - 1 else f"l={r + 1}"))
-            ax.set(title=f"{name}: {label}", xlabel="step", ylim=(0, 1.02))
+            ax.set(title=f"{name}: {label}", xlabel="step" if row else None, ylim=(0, 1.02))
             ax.grid(alpha=0.3)
         axes[0, col].legend(fontsize=6, ncol=2)
     fig.suptitle(title)

@@ -21,7 +21,8 @@ def rotary_tables(head_dim: int, positions: torch.Tensor, theta: float):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (x[..., :h/2], x[..., h/2:]) of x [B, H, T, h] (the "half" layout)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
+    # at least fp32 (bf16 activations rotate in fp32); fp64 models stay fp64 so tests can be exact
+    x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
     out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.to(x.dtype)
 
