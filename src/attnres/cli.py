@@ -22,26 +22,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnres", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compare", help="train baseline vs Full vs Block AttnRes and report")
-    p.add_argument("--backbone", default="dense", choices=("dense", "kimi-linear"))
-    p.add_argument("--preset", default="small", help="model preset: tiny | small | base")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--variants", default="baseline,full,block",
-                   help="comma-separated subset of baseline,full,block")
-    p.add_argument("--block-size", type=int, default=4, help="Block AttnRes S, in sublayers")
-    p.add_argument("--seed", type=int, nargs="+", default=[0], dest="seeds",
-                   help="one or more seeds; each seed trains every variant")
-    p.add_argument("--data", default="shakespeare",
-                   help="bundled 'shakespeare', a text file, a folder of text files or a .jsonl")
-    p.add_argument("--out", default="runs/compare")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=0, help="0 = the preset's context length")
-    p.add_argument("--lr", type=float, default=0.0, help="peak LR (0 = config default 3e-3)")
+    p = sub.add_parser("compare", help="train baseline vs Full vs Block AttnRes and report",
+                       description="Train the baseline, Full and Block AttnRes with identical "
+                       "initial weights, data and hyperparameters, and report paired deltas. "
+                       "The defaults are the demo (docs/RESULTS.md section 1): dense tiny, "
+                       "1,000 steps, seeds 0 1 2, peak LR 6e-3, two arms side by side.")
+    # None = the CompareSettings default, so the demo's settings live in one place
+    p.add_argument("--backbone", default=None, choices=("dense", "kimi-linear"),
+                   help="default dense")
+    p.add_argument("--preset", default=None, help="model preset: tiny | small | base (default tiny)")
+    p.add_argument("--steps", type=int, default=None, help="default 1000")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of baseline,full,block (default all three)")
+    p.add_argument("--block-size", type=int, default=None, help="Block AttnRes S, in sublayers (default 4)")
+    p.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds",
+                   help="one or more seeds; each seed trains every variant (default 0 1 2)")
+    p.add_argument("--data", default=None,
+                   help="bundled 'shakespeare' (default), a text file, a folder of text files or a .jsonl")
+    p.add_argument("--out", default=None, help="default runs/compare")
+    p.add_argument("--batch-size", type=int, default=None, help="default 8")
+    p.add_argument("--seq-len", type=int, default=None, help="0 = the preset's context length (default)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak LR of every arm (default 6e-3, the tuned baseline LR of the tiny "
+                   "presets; 0 = the config default optim.lr)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config override, applied to every arm (repeatable)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, default=None,
                    help="train this many arms side by side, each in its own process with an "
-                   "equal share of the CPU threads (default 1)")
+                   "equal share of the CPU threads (default 2)")
     p.add_argument("--no-progress", action="store_true")
     _add_device_args(p)
 
@@ -156,13 +164,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(args) -> int:
     from attnres.experiments.compare import CompareSettings, format_table, run_compare
-    settings = CompareSettings(
-        backbone=args.backbone, preset=args.preset, steps=args.steps,
-        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-        block_size=args.block_size, seeds=tuple(args.seeds), data=args.data, out=args.out,
-        device=args.device, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
-        lr=args.lr, overrides=args.set, workers=args.workers,
-        progress=not args.no_progress and args.workers == 1)  # bars would interleave
+    given = {k: v for k, v in dict(
+        backbone=args.backbone, preset=args.preset, steps=args.steps, block_size=args.block_size,
+        data=args.data, out=args.out, batch_size=args.batch_size, seq_len=args.seq_len,
+        lr=args.lr, workers=args.workers).items() if v is not None}
+    if args.variants is not None:
+        given["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if args.seeds is not None:
+        given["seeds"] = tuple(args.seeds)
+    settings = CompareSettings(device=args.device, dtype=args.dtype, overrides=args.set, **given)
+    settings.progress = not args.no_progress and settings.workers == 1  # bars would interleave
     summary = run_compare(settings)
     print()
     print(format_table(summary))
