@@ -51,7 +51,7 @@ def test_compare_writes_summary_report_and_plots(tmp_path, text_corpus, capsys):
 
 def test_compare_kimi_linear_reports_expert_load(tmp_path, text_corpus, capsys):
     out = tmp_path / "kl"
-    code = main(["compare", "--backbone", "kimi-linear", "--preset", "tiny", "--steps", "3", "--seed", "0", "--workers", "1",
+    code = main(["compare", "--backbone", "kimi-linear", "--preset", "tiny", "--steps", "3", "--seed", "0", "--workers", "2",
                  "--variants", "baseline,block", "--data", str(text_corpus), "--out", str(out),
                  "--seq-len", "32", "--batch-size", "2", "--device", "cpu", "--no-progress",
                  "--set", f"data.cache_dir={tmp_path / 'tok'}", "--set", "train.tensorboard=false"])

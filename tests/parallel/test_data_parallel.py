@@ -5,9 +5,10 @@ gathered matrices, and an FSDP2 run stopped and resumed from its checkpoint.
 One model covers every reduction: a tiny kimi-linear (KDA + MLA + MoE) under Block AttnRes, so
 the first read's unused query, QK-Clip (τ low enough to clip) and MoE bias balancing are all in
 play. Whole runs differ from the single process by the rounding of the gradient reduction, which
-Newton–Schulz passes on (the spec's end-to-end tolerance, attnres.md §16, is fp32 rel ≤ 1e-4;
-we see ≤ 2e-6), so the exact §9 check (rel ≤ 1e-6, in practice bitwise) feeds distributed Muon
-the same gradients as single-process Muon instead.
+Newton–Schulz passes on: compared at fp32 rel ≤ 1e-4, the end-to-end budget (we see ≤ 2e-6 on
+this machine; another reduction order or vector width, e.g. AVX-512, rounds differently, and a
+few steps of Newton–Schulz amplify it). The exact optim.md §9 check (rel ≤ 1e-6, in practice
+bitwise) feeds distributed Muon the same gradients as single-process Muon instead.
 
 All 2-process jobs run in one launch (this file is also the worker script: two plain processes
 with torchrun's environment variables); one test then compares what they wrote.
@@ -117,16 +118,16 @@ def check_job(runs: Path, job: str) -> None:
     assert [r["step"] for r in got] == list(range(1, STEPS + 1)), job
     assert got[0]["max_logit"] == ref[0]["max_logit"], job             # same weights: same γ
     for a, b in zip(got, ref):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(b["loss"]), (job, a["step"], a["loss"], b["loss"])
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(b["loss"]), (job, a["step"], a["loss"], b["loss"])
         assert a["qk_clipped"] == b["qk_clipped"], job                 # same heads clipped
-        assert max(abs(x - y) / abs(y) for x, y in zip(a["max_logit"], b["max_logit"])) <= 1e-5, job
+        assert max(abs(x - y) / abs(y) for x, y in zip(a["max_logit"], b["max_logit"])) <= 1e-4, job
     assert sum(r["qk_clipped"] for r in ref) > 0                       # QK-Clip did act
     (w_ref, s_ref), (w, s) = final_state(runs / "single", STEPS), final_state(runs / job, STEPS)
     assert w.keys() == w_ref.keys()
     biases = [k for k in w if k.endswith("mlp.bias")]
     assert biases and all(torch.equal(w[k], w_ref[k]) for k in biases), job  # MoE balancing: exact
     for name, value in w.items():
-        assert rel(value, w_ref[name]) <= 1e-5, (job, name)
+        assert rel(value, w_ref[name]) <= 1e-4, (job, name)
     # unused parameters (the first read's query and gain) kept grad None: no AdamW state either
     adamw, adamw_ref = (x["optimizer"]["optimizers"]["adamw"]["state"] for x in (s, s_ref))
     assert adamw.keys() == adamw_ref.keys(), job
@@ -134,7 +135,7 @@ def check_job(runs: Path, job: str) -> None:
     muon, muon_ref = s["optimizer"]["optimizers"]["muon"], s_ref["optimizer"]["optimizers"]["muon"]
     assert muon["state"].keys() == muon_ref["state"].keys(), job
     for i, st in muon["state"].items():
-        assert rel(st["momentum_buffer"], muon_ref["state"][i]["momentum_buffer"]) <= 1e-5, (job, i)
+        assert rel(st["momentum_buffer"], muon_ref["state"][i]["momentum_buffer"]) <= 1e-4, (job, i)
 
 
 def check_distributed_muon(runs: Path) -> None:
