@@ -351,10 +351,29 @@ class Trainer:
             self.scheduler.load_state_dict(
                 self.par.local_scheduler_state(state["scheduler"], self.optimizer))
             ckpt.set_rng_state(state["rng"])
-        except (KeyError, ValueError, RuntimeError) as err:
-            raise ckpt.CheckpointError(f"{where}/state.pt: cannot restore ({err})") from None
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise ckpt.CheckpointError(f"{where}/state.json: cannot restore "
+                                       f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        self._check_optimizer_shapes(where)
         self.step = state["step"]
         self.history = list(state.get("extra", {}).get("history", []))
+
+
+    def _check_optimizer_shapes(self, where: Path) -> None:
+        """Refuse per-parameter optimizer state of another shape before any step runs
+        (`load_state_dict` itself accepts it and the step would crash)."""
+        if self.runner is not None or self.par.sharded:  # local shards: shapes differ by design
+            return
+        inner = getattr(self.optimizer, "optimizers", {"optimizer": self.optimizer})
+        for name, opt in inner.items():
+            for p, st in opt.state.items():
+                for key, value in st.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 \
+                            and value.shape != p.shape:
+                        raise ckpt.CheckpointError(
+                            f"{where}/state.safetensors: {name} {key} has shape "
+                            f"{tuple(value.shape)}, its parameter {tuple(p.shape)}; saved for "
+                            f"another model?")
 
 
 def make_parallel(cfg: Config, device: torch.device) -> Parallel | PipelineParallel:
