@@ -48,12 +48,14 @@ def test_resume_continues_bitwise_the_same_trajectory(tiny_overrides, tmp_path, 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_overrides, tmp_path):
     run = tmp_path / "run"
-    trainer = Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=run)
+    trainer = Trainer(make_cfg(tiny_overrides, "train.steps=20", "train.max_skipped_steps=2",
+                               "train.ckpt_every=1"), run_dir=run)
     trainer.train_steps_only(2)
     saved = (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes()
     with torch.no_grad():
         trainer.model.lm_head.weight.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="at step 3"):
+    # steps 3 and 4 are skipped (and not saved), step 5 is one too many
+    with pytest.raises(TrainingDiverged, match="at step 5: 3 non-finite steps in a row"):
         trainer.train()
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == saved
