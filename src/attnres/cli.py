@@ -1,8 +1,10 @@
 """Command-line interface: `attnres compare | train | generate | bench | scaling | ablate | sweep | report`.
 
 Every command takes --device (default: CUDA when present) and --dtype. Errors the user can fix
-(bad config key, bad data, bad checkpoint) print one line on stderr and exit with status 2 (1 for a
-diverged run); nothing already saved is touched.
+(bad config key or value, bad data, bad or locked checkpoint or run folder, a path that cannot be
+written) print one line on stderr and exit with status 2 (1 for a diverged run; 130 / 143 for a
+run stopped by SIGINT / SIGTERM after saving); nothing already saved is touched
+(docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -146,17 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     from attnres.config import ConfigError
     from attnres.data import DataError
     from attnres.train.checkpoint import CheckpointError
-    from attnres.train.trainer import TrainingDiverged
+    from attnres.train.runlock import RunLocked
+    from attnres.train.trainer import TrainingDiverged, TrainingInterrupted
     try:
         return {"compare": _compare, "train": _train, "generate": _generate,
                 "bench": _bench, "scaling": _scaling, "ablate": _ablate, "sweep": _ablate,
                 "report": _report}[args.command](args)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, RunLocked) as err:
         print(f"attnres {args.command}: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"attnres {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as err:
+        print(f"attnres {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:  # e.g. an out folder under /proc, or one that may not be written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"attnres {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"attnres {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -197,7 +207,13 @@ def _train(args) -> int:
             overrides.append(f"parallel.{key}={value}")
     if args.pp_cache is not None:
         overrides.append(f"parallel.pp_cache={str(args.pp_cache).lower()}")
-    cfg = config_mod.load(args.config, overrides)
+    if args.resume:  # the checkpoint's config, changed only where that is safe (docs/RELIABILITY.md)
+        from attnres.train.trainer import config_from_checkpoint
+        saved, _, meta = config_from_checkpoint(args.resume)
+        cfg = config_mod.load(args.config, overrides, base=meta["config"])
+        config_mod.check_resume(saved, cfg)
+    else:
+        cfg = config_mod.load(args.config, overrides)
     try:
         trainer = Trainer(cfg, run_dir=args.out, resume=args.resume)
         result = trainer.train()
@@ -215,13 +231,18 @@ def _train(args) -> int:
 def _generate(args) -> int:
     import torch
     from attnres.train.build import resolve_device
+    from attnres.config import ConfigError
     from attnres.train.trainer import load_for_inference
+    for flag, value, low in (("--max-new-tokens", args.max_new_tokens, 0),
+                             ("--temperature", args.temperature, 0),
+                             ("--top-k", args.top_k, 1)):
+        if value is not None and not value >= low:  # `not >=`: NaN fails too
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
     device = resolve_device(args.device)
     model, tokenizer = load_for_inference(args.ckpt, device)
     ids = tokenizer.encode(args.prompt) or [tokenizer.encode("\n")[0]]
     room = model.cfg.max_seq_len - len(ids)
     if room <= 0:
-        from attnres.config import ConfigError
         raise ConfigError(f"prompt is {len(ids)} tokens; the model's context is {model.cfg.max_seq_len}")
     idx = torch.tensor([ids], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)

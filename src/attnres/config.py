@@ -118,6 +118,7 @@ class TrainConfig:
     eval_batches: int = 8
     log_every: int = 10
     ckpt_every: int = 0              # 0 = only at the end
+    max_skipped_steps: int = 5       # non-finite steps skipped in a row before the run stops
     out_dir: str = "runs/train"
     device: str = "auto"             # auto = cuda when available, else cpu
     dtype: str = "float32"           # float32 | bfloat16 (autocast compute dtype; master weights fp32)

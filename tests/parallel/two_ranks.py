@@ -28,8 +28,9 @@ def train_records(run: Path) -> list[dict]:
 def final_state(run: Path, step: int) -> tuple[dict, dict]:
     """The weights and the trainer state (optimizer, scheduler, ...) saved at `step`."""
     from safetensors.torch import load_file
+    from attnres.train.checkpoint import load_state
     where = run / "checkpoints" / f"step-{step}"
-    return load_file(str(where / "model.safetensors")), torch.load(where / "state.pt", weights_only=False)
+    return load_file(str(where / "model.safetensors")), load_state(where)
 
 
 def free_port() -> int:

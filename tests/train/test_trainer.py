@@ -34,19 +34,28 @@ def test_resume_continues_bitwise_the_same_trajectory(tiny_overrides, tmp_path, 
     assert resumed.step == k
     resumed.train()
     assert losses(split) == losses(straight)  # bitwise: the float values are identical
-    a = torch.load(straight / "checkpoints" / f"step-{n}" / "state.pt", weights_only=False)
-    b = torch.load(split / "checkpoints" / f"step-{n}" / "state.pt", weights_only=False)
+    a = ckpt.load_state(straight / "checkpoints" / f"step-{n}")
+    b = ckpt.load_state(split / "checkpoints" / f"step-{n}")
     assert a["step"] == b["step"] == n
+    assert a["optimizer"]["optimizers"].keys() == b["optimizer"]["optimizers"].keys()
+    for name, inner in a["optimizer"]["optimizers"].items():
+        other = b["optimizer"]["optimizers"][name]
+        assert inner["param_groups"] == other["param_groups"]
+        for idx, st in inner["state"].items():
+            for key, value in st.items():
+                assert torch.equal(value, other["state"][idx][key]), (name, idx, key)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_overrides, tmp_path):
     run = tmp_path / "run"
-    trainer = Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=run)
+    trainer = Trainer(make_cfg(tiny_overrides, "train.steps=20", "train.max_skipped_steps=2",
+                               "train.ckpt_every=1"), run_dir=run)
     trainer.train_steps_only(2)
     saved = (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes()
     with torch.no_grad():
         trainer.model.lm_head.weight.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="at step 3"):
+    # steps 3 and 4 are skipped (and not saved), step 5 is one too many
+    with pytest.raises(TrainingDiverged, match="at step 5: 3 non-finite steps in a row"):
         trainer.train()
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == saved
@@ -67,8 +76,8 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tiny_overrides, tmp
         Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=tmp_path / "y", resume=run)
     (where / "model.safetensors").write_bytes(good)
 
-    (where / "state.pt").write_bytes(b"not a pickle")
-    with pytest.raises(ckpt.CheckpointError, match="state.pt: corrupt"):
+    (where / "state.json").write_bytes(b"not json")
+    with pytest.raises(ckpt.CheckpointError, match="state.json: corrupt"):
         Trainer(make_cfg(tiny_overrides, "train.steps=4"), run_dir=tmp_path / "z", resume=run)
 
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):

@@ -1,9 +1,18 @@
 """Checkpoints: safetensors weights plus everything needed to continue the same trajectory.
 
-Layout of one checkpoint folder `<run>/checkpoints/step-<N>/`:
+Layout of one checkpoint folder `<run>/checkpoints/step-<N>/` (format 2, docs/RELIABILITY.md):
     model.safetensors   weights (and buffers)
-    state.pt            optimizer, scheduler, RNG states, step, data position
-    meta.json           resolved config, tokenizer, step, format version
+    state.safetensors   every tensor of the trainer state: optimizer state, torch/CUDA RNG
+                        states, numpy's RNG key (as int64), keyed by their path in the state
+    state.json          the rest of the trainer state: optimizer param groups and non-tensor
+                        state, scheduler, Python RNG, step, data position, history; a tensor
+                        appears as {"__tensor__": key}, a tuple as {"__tuple__": [...]}
+    meta.json           resolved config, tokenizer, step, format version and the SHA-256 of
+                        every other file, checked before a file is parsed
+
+Every file is data: nothing is unpickled on load, so a planted checkpoint cannot run code. A
+format-1 checkpoint (a pickled state.pt) is refused for resuming; its model.safetensors can
+still be loaded for `attnres generate`, since safetensors holds only tensors.
 
 A checkpoint is written into a temporary sibling folder, every file fsync'ed, then renamed into
 place, and only then is `latest` (a one-line text file) replaced the same way. A crash at any
@@ -12,7 +21,7 @@ point leaves the previous checkpoint and `latest` intact.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import random
@@ -23,9 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load as load_tensors, save
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# format 1 pickled the trainer state into state.pt; its weights are safetensors and still load
+READABLE_WEIGHTS = (1, 2)
+CHECKED_FILES = ("model.safetensors", "state.safetensors", "state.json")
 
 
 class CheckpointError(RuntimeError):
@@ -43,8 +55,6 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         shutil.rmtree(tmp)
     tmp.mkdir()
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _write_bytes(tmp / "model.safetensors", save(tensors))
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -52,10 +62,18 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         "rng": rng_state(),
         "extra": extra_state or {},
     }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    _write_bytes(tmp / "state.pt", buf.getvalue())
-    meta = dict(meta, step=step, format_version=FORMAT_VERSION)
+    tensors: dict[str, torch.Tensor] = {}
+    plain = encode_state(state, tensors)
+    files = {
+        "model.safetensors": save({k: v.detach().contiguous().cpu()
+                                   for k, v in model.state_dict().items()}),
+        "state.safetensors": save(tensors),
+        "state.json": json.dumps(plain).encode(),
+    }
+    for name, data in files.items():
+        _write_bytes(tmp / name, data)
+    meta = dict(meta, step=step, format_version=FORMAT_VERSION,
+                sha256={name: hashlib.sha256(data).hexdigest() for name, data in files.items()})
     _write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, default=str).encode())
     _fsync_dir(tmp)
 
@@ -95,18 +113,18 @@ def load_meta(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt}/meta.json: missing; not an attnres checkpoint") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{ckpt}/meta.json: corrupt ({err})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{ckpt}/meta.json: format version {meta.get('format_version')!r}, "
+    if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_WEIGHTS:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{ckpt}/meta.json: format version {version!r}, "
                               f"this attnres reads {FORMAT_VERSION}")
     return meta
 
 
 def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     path = ckpt / "model.safetensors"
+    data = _read_checked(ckpt, "model.safetensors")
     try:
-        tensors = load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
+        tensors = load_tensors(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt ({str(err).splitlines()[0]})") from None
     own = model.state_dict()
@@ -123,13 +141,98 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    path = ckpt / "state.pt"
+    """The trainer state (optimizer, scheduler, RNG, step, extra) from state.json and
+    state.safetensors, after both checksums match; no pickle is read."""
+    if load_meta(ckpt).get("format_version") == 1:
+        raise CheckpointError(f"{ckpt}: format 1 keeps the trainer state in a pickle (state.pt), "
+                              f"which cannot be resumed safely; its weights still work with "
+                              f"attnres generate")
+    data = _read_checked(ckpt, "state.safetensors")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        tensors = load_tensors(data)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{ckpt}/state.safetensors: corrupt ({str(err).splitlines()[0]})") from None
+    try:
+        plain = json.loads(_read_checked(ckpt, "state.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{ckpt}/state.json: corrupt ({err})") from None
+    try:
+        state = decode_state(plain, tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt}/state.json: corrupt ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "rng"} <= set(state):
+        raise CheckpointError(f"{ckpt}/state.json: corrupt (not a trainer state)")
+    return state
+
+
+def _read_checked(ckpt: Path, name: str) -> bytes:
+    """The bytes of `name`, after its SHA-256 matches the one meta.json records (format 2)."""
+    path = ckpt / name
+    meta = load_meta(ckpt)
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except Exception as err:  # pickle/zip errors come in many types
-        raise CheckpointError(f"{path}: corrupt ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    if meta.get("format_version") == 1:  # no checksums were written then
+        return data
+    want = (meta.get("sha256") or {}).get(name)
+    if not isinstance(want, str):
+        raise CheckpointError(f"{ckpt}/meta.json: no SHA-256 recorded for {name}")
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise CheckpointError(f"{path}: corrupt (SHA-256 {got[:12]}..., meta.json records "
+                              f"{want[:12]}...)")
+    return data
+
+
+# --- the trainer state as JSON plus named tensors -------------------------------------------
+
+def encode_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """`obj` as plain JSON; each tensor (numpy array) goes into `tensors` under its path
+    (e.g. "optimizer/optimizers/muon/state/0/momentum_buffer") and leaves a marker behind.
+    Tuples and dicts with non-string keys get markers too, so `decode_state` restores the exact
+    types that `load_state_dict` and `random.setstate` expect."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().contiguous().cpu().clone()  # clone: no shared storage
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):  # numpy's MT19937 key is uint32: int64 holds it exactly
+        tensors[path] = torch.from_numpy(obj.astype(np.int64))
+        return {"__ndarray__": path, "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode_state(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode_state(v, tensors, f"{path}/{k}".lstrip("/")) for k, v in obj.items()}
+        if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in obj):
+            raise TypeError(f"checkpoint state {path or '/'}: keys {list(obj)[:3]} are not str or int")
+        return {"__items__": [[k, encode_state(v, tensors, f"{path}/{k}".lstrip("/"))]
+                              for k, v in obj.items()]}
+    raise TypeError(f"checkpoint state {path or '/'}: cannot store a {type(obj).__name__}")
+
+
+def decode_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `encode_state`."""
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy().astype(np.dtype(obj["dtype"]))
+    if "__tuple__" in obj:
+        return tuple(decode_state(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {k: decode_state(v, tensors) for k, v in obj["__items__"]}
+    return {k: decode_state(v, tensors) for k, v in obj.items()}
 
 
 def rng_state() -> dict[str, Any]:

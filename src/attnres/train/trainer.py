@@ -1,8 +1,14 @@
 """The training loop: one Trainer, built from a Config, that trains, evaluates and checkpoints.
 
 Step order (spec optim.md §8): forward, backward, global grad-norm clip, optimizer step (Muon +
-AdamW), QK-Clip, LR schedule, zero grads. A non-finite loss stops the run before anything is
-saved, so the last good checkpoint stays the latest one.
+AdamW), QK-Clip, LR schedule, zero grads.
+
+Reliability (docs/RELIABILITY.md): a step whose loss or gradient norm is not finite is skipped
+(no update; counted as `skipped_steps`, with a warning); more than `train.max_skipped_steps` in a
+row raise `TrainingDiverged` without saving, so the last good checkpoint stays the latest one.
+SIGINT / SIGTERM finish the current step, save a checkpoint and raise `TrainingInterrupted`; a
+second SIGINT aborts at once. Rank 0 holds `<run>/.lock` while it trains, so one process writes
+a run folder; `--resume` continues in the checkpoint's run folder.
 
 Data parallelism (`parallel.mode` dp | fsdp, under torchrun; docs/DISTRIBUTED.md) is applied from
 outside by `attnres.parallel.distributed.Parallel`: `train.batch_size` is the global batch and each
@@ -26,6 +32,9 @@ import contextlib
 import json
 import math
 import resource
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +55,21 @@ from attnres.parallel.pp_train import PipelineParallel
 from attnres.train import checkpoint as ckpt
 from attnres.layers.moe import moe_layers, update_all_biases
 from attnres.train.build import build_model, model_config, model_meta, resolve_device
-from attnres.train.metrics import MetricsWriter
+from attnres.train.metrics import MetricsWriter, trim_metrics
+from attnres.train.runlock import run_lock
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
+    """More than `train.max_skipped_steps` non-finite steps in a row; the message names the step."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after a step and a checkpoint; the message is the one
+    line to print (where the checkpoint is, how to resume)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 @dataclass
@@ -73,6 +92,9 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, data: TokenData | None = None,
                  resume: str | Path | None = None):
         self.cfg = cfg
+        if run_dir is None and resume is not None:  # continue in the checkpoint's run folder
+            where = ckpt.resolve_checkpoint(resume)
+            run_dir = where.parent.parent if where.parent.name == "checkpoints" else None
         self.run_dir = Path(run_dir or cfg.train.out_dir)
         device = resolve_device(cfg.train.device)
         self.par = make_parallel(cfg, device)  # mode none, pp 1: one process, no communication
@@ -113,6 +135,9 @@ class Trainer:
         self._pp_stats: dict[str, int] = {}  # pp: block-vector counts of the last step
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.skipped_steps = 0  # non-finite steps skipped, in all
+        self._skipped_in_a_row = 0
+        self._signal: int | None = None  # the first SIGINT / SIGTERM received while training
         self.has_moe = bool(moe_layers(self.model))
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
         # QK-Clip (optim.md §6): attention layers track their per-head max logit while training.
@@ -137,6 +162,10 @@ class Trainer:
 
     def train(self) -> RunResult:
         """Train to `train.steps`, save, evaluate, run the depth analyses; return the result."""
+        with self._lock():
+            return self._train()
+
+    def _train(self) -> RunResult:
         cfg = self.cfg.train
         start_wall = time.perf_counter()
         train_s, trained_tokens = self._loop(cfg.steps)
@@ -158,17 +187,33 @@ class Trainer:
 
     def train_steps_only(self, stop_at: int) -> None:
         """Train up to step `stop_at` and checkpoint, as a run stopped there would have."""
-        self._loop(min(stop_at, self.cfg.train.steps))
+        with self._lock():
+            self._loop(min(stop_at, self.cfg.train.steps))
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """Rank 0 holds the run folder's lock while it writes there (runlock.py)."""
+        if not self.par.is_main or getattr(self, "_locked", False):
+            yield
+            return
+        with run_lock(self.run_dir):
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
 
     def _loop(self, stop_at: int) -> tuple[float, int]:
         cfg = self.cfg.train
         if self.par.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            if not getattr(self, "_metrics_started", False):  # each step is logged once
+                trim_metrics(self.run_dir, self.step)
         train_s, trained_tokens = 0.0, 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not self.par.is_main,
                    unit="step", dynamic_ncols=True, desc=self.run_dir.name)
-        with self._metrics() as metrics, bar:
+        with self._metrics() as metrics, bar, self._signals():
             if self.step == 0:
                 metrics.log("params", 0, **self.param_counts())
                 self._log_depth_trace(metrics)
@@ -181,9 +226,18 @@ class Trainer:
                 tok_s = trained_tokens / max(train_s, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}")
+                if self._skipped_in_a_row:
+                    self._warn(f"{self.run_dir.name} step {self.step}: loss {loss}, grad norm "
+                               f"{grad_norm}: update skipped ({self._skipped_in_a_row} in a row, "
+                               f"limit {cfg.max_skipped_steps})")
+                if self._skipped_in_a_row > cfg.max_skipped_steps:
+                    metrics.log("train", self.step, loss=loss, lr=lr, grad_norm=grad_norm,
+                                skipped_steps=self.skipped_steps)
+                    raise TrainingDiverged(self._diverged_message())
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                              "tokens": self.step * self.tokens_per_step, **self._qk_record,
+                              "tokens": self.step * self.tokens_per_step,
+                              "skipped_steps": self.skipped_steps, **self._qk_record,
                               **self._pp_stats}
                     metrics.log("train", self.step, **record)
                     self.history.append({"step": self.step, **record})
@@ -197,10 +251,65 @@ class Trainer:
                     if self.par.is_main:
                         bar.write(f"{self.run_dir.name} step {self.step}: val loss "
                                   f"{val_loss:.4f}, val bpb {val_bpb:.4f}")
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < stop_at:
+                if self._agree(self._signal is not None):
+                    break
+                # never inside a run of skipped steps: the update before it may have made the
+                # weights non-finite, and pruning would then drop the last good checkpoint
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < stop_at \
+                        and not self._skipped_in_a_row:
                     self.save()
-        self.save()
+            saved = self.save()
+        if self._agree(self._signal is not None):  # collective: every rank calls it
+            name = signal.Signals(self._signal).name if self._signal else "a signal on another rank"
+            raise TrainingInterrupted(
+                f"interrupted by {name} at step {self.step}; checkpoint saved to {saved}; "
+                f"resume with: attnres train --resume {self.run_dir}",
+                self._signal or signal.SIGINT)
         return train_s, trained_tokens
+
+    def _agree(self, flag: bool) -> bool:
+        """Whether any rank has `flag` set (every rank stops at the same step to save)."""
+        reduce = self.par.max_
+        if reduce is None:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        reduce(t)
+        return bool(t.item())
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT / SIGTERM set a flag the loop checks after each step; a second SIGINT raises
+        KeyboardInterrupt at once. The previous handlers come back when training ends. Signal
+        handlers can only be set from the main thread; elsewhere the defaults stay."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if self._signal is None:
+                self._signal = signum
+                self._warn(f"{signal.Signals(signum).name}: stopping after this step and saving "
+                           f"a checkpoint (Ctrl-C again to abort without saving)")
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _warn(self, message: str) -> None:
+        if self.par.is_main:
+            tqdm.write(f"attnres train: warning: {message}", file=sys.stderr)
+
+    def _diverged_message(self) -> str:
+        latest = self.run_dir / "checkpoints" / "latest"
+        kept = (f"the last checkpoint, {latest.read_text().strip()} in {latest.parent}, is kept"
+                if latest.is_file() else "no checkpoint had been saved")
+        return (f"training diverged at step {self.step}: {self._skipped_in_a_row} non-finite steps "
+                f"in a row (train.max_skipped_steps = {self.cfg.train.max_skipped_steps}); "
+                f"stopping without saving; {kept}")
 
     def _log_depth_trace(self, metrics) -> None:
         """AttnRes: embedding weight and entropy of every read on the first validation batch, at
@@ -214,11 +323,10 @@ class Trainer:
     @contextlib.contextmanager
     def _metrics(self):
         """Metrics are appended across resumes, so a resumed run keeps one continuous log."""
-        fresh = self.step == 0 and not getattr(self, "_metrics_started", False)
         if not self.par.is_main:  # only rank 0 writes metrics
             yield _NoMetrics()
             return
-        writer = MetricsWriter(self.run_dir, tensorboard=self.cfg.train.tensorboard, append=not fresh)
+        writer = MetricsWriter(self.run_dir, tensorboard=self.cfg.train.tensorboard)
         self._metrics_started = True
         try:
             yield writer
@@ -234,13 +342,18 @@ class Trainer:
             with self.autocast():
                 _, loss = self.net(x, y)
             value = self.par.mean(loss.item())  # the global batch's mean loss on every rank
-            self._check_finite(value)
-            loss.backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-            grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
+            grad_norm = float("nan")
+            if math.isfinite(value):  # a non-finite loss has no gradient worth computing
+                loss.backward()
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+                grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
         lr = self.optimizer.param_groups[0]["lr"]
-        if math.isfinite(grad_norm):  # a non-finite gradient skips the update (optim.md §8)
+        # a non-finite loss or gradient skips the update (optim.md §8), counted against the limit
+        finite = math.isfinite(value) and math.isfinite(grad_norm)
+        self._skipped_in_a_row = 0 if finite else self._skipped_in_a_row + 1
+        self.skipped_steps += not finite
+        if finite:
             self.optimizer.step()
             if self.qk_clip:  # on the updated weights; resets the statistics
                 with self.par.full_weights(self._qk_weights):
@@ -261,13 +374,8 @@ class Trainer:
         gradients; the loss and the norm are the whole batch's, the same on every rank."""
         with self.autocast():
             value, self._pp_stats = self.runner.train_step(x, y)
-        self._check_finite(value)  # every rank raises together: the loss is all-reduced
+        # every rank skips together: the loss and the norm are the same on every rank
         return value, self.runner.clip_grad_norm_(self.cfg.optim.grad_clip)
-
-    def _check_finite(self, value: float) -> None:
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"loss became {value} at step {self.step + 1}; stopping "
-                                   f"(the last checkpoint in {self.run_dir} is kept)")
 
     def _build_optimizer(self, params):
         o = self.cfg.optim
@@ -311,7 +419,8 @@ class Trainer:
             path = ckpt.save_checkpoint(self.run_dir, self.step, model, optimizer,
                                         scheduler, self.meta(),
                                         extra_state={"data_position": self.step,
-                                                     "history": self.history})
+                                                     "history": self.history,
+                                                     "skipped_steps": self.skipped_steps})
         self.par.barrier()
         return path
 
@@ -351,10 +460,33 @@ class Trainer:
             self.scheduler.load_state_dict(
                 self.par.local_scheduler_state(state["scheduler"], self.optimizer))
             ckpt.set_rng_state(state["rng"])
-        except (KeyError, ValueError, RuntimeError) as err:
-            raise ckpt.CheckpointError(f"{where}/state.pt: cannot restore ({err})") from None
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise ckpt.CheckpointError(f"{where}/state.json: cannot restore "
+                                       f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        self._check_optimizer_shapes(where)
         self.step = state["step"]
         self.history = list(state.get("extra", {}).get("history", []))
+        self.skipped_steps = int(state.get("extra", {}).get("skipped_steps", 0))
+        if self.step > self.cfg.train.steps:
+            raise ConfigError(f"train.steps = {self.cfg.train.steps} is before the checkpoint's "
+                              f"step {self.step} ({where})")
+
+
+    def _check_optimizer_shapes(self, where: Path) -> None:
+        """Refuse per-parameter optimizer state of another shape before any step runs
+        (`load_state_dict` itself accepts it and the step would crash)."""
+        if self.runner is not None or self.par.sharded:  # local shards: shapes differ by design
+            return
+        inner = getattr(self.optimizer, "optimizers", {"optimizer": self.optimizer})
+        for name, opt in inner.items():
+            for p, st in opt.state.items():
+                for key, value in st.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 \
+                            and value.shape != p.shape:
+                        raise ckpt.CheckpointError(
+                            f"{where}/state.safetensors: {name} {key} has shape "
+                            f"{tuple(value.shape)}, its parameter {tuple(p.shape)}; saved for "
+                            f"another model?")
 
 
 def make_parallel(cfg: Config, device: torch.device) -> Parallel | PipelineParallel:
