@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -79,7 +80,7 @@ class OptimConfig:
     ns_steps: int = 5
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0           # global grad-norm clip; 0 = off
     muon_impl: str = "ours"          # ours | torch (torch.optim.Muon, 2-D units only)
     qk_clip: str = "auto"            # QK-Clip after each step: auto (= on for muon) | on | off
     qk_clip_tau: float = 100.0       # τ: per-head max logit allowed (K2)
@@ -194,31 +195,68 @@ _CHOICES = {
     ("train", "dtype"): ("float32", "bfloat16"),
 }
 
-_POSITIVE = {("attnres", "block_size"), ("attnres", "two_phase_group"), ("attnres", "heads"),
-             ("train", "steps"),
-             ("train", "batch_size"), ("train", "eval_batches"), ("train", "log_every"),
-             ("optim", "ns_steps"), ("parallel", "pp"), ("parallel", "virtual_stages")}
+# Longest context a model (and a training window) may have. train.seq_len defaults to
+# model.max_seq_len, and attention over T = 100000 tokens holds T² = 1e10 scores per head:
+# 40 GB in fp32, so the first step dies out of memory (on CPU it did not finish in 10 minutes).
+MAX_SEQ_LEN = 32768
+
+# Inclusive range of every numeric key (None: unbounded); keys not listed may take any value.
+# Every float key must also be finite. "0 = preset/default" keys start at 0, "-1 = default" at -1.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("model", "vocab_size"): (0, None), ("model", "d_model"): (0, None),
+    ("model", "n_layers"): (0, None), ("model", "max_seq_len"): (0, MAX_SEQ_LEN),
+    ("model", "n_heads"): (0, None), ("model", "n_kv_heads"): (0, None),
+    ("model", "d_ff"): (0, None), ("model", "n_experts"): (0, None), ("model", "top_k"): (0, None),
+    ("model", "first_k_dense"): (-1, None), ("model", "bias_update_rate"): (-1, None),
+    ("attnres", "block_size"): (1, None), ("attnres", "num_blocks"): (0, None),
+    ("attnres", "two_phase_group"): (1, None), ("attnres", "window"): (0, None),
+    ("attnres", "heads"): (1, None),
+    ("optim", "weight_decay"): (0, None), ("optim", "momentum"): (0, 1),
+    ("optim", "ns_steps"): (1, None), ("optim", "grad_clip"): (0, None),
+    ("sched", "warmup_steps"): (-1, None), ("sched", "decay_frac"): (0, 1),
+    ("sched", "final_ratio"): (0, 1),
+    ("data", "vocab_size"): (0, None),
+    ("train", "steps"): (1, None), ("train", "batch_size"): (1, None),
+    ("train", "seq_len"): (0, MAX_SEQ_LEN), ("train", "seed"): (0, None),
+    ("train", "data_seed"): (0, None), ("train", "eval_every"): (1, None),
+    ("train", "eval_batches"): (1, None), ("train", "log_every"): (1, None),
+    ("train", "ckpt_every"): (0, None), ("train", "max_skipped_steps"): (0, None),
+    ("parallel", "pp"): (1, None), ("parallel", "virtual_stages"): (1, None),
+    ("parallel", "microbatches"): (0, None),
+}
+# floats that must be strictly positive (an exclusive bound the table above cannot say)
+_ABOVE_ZERO = {("optim", "lr"), ("optim", "eps"), ("optim", "qk_clip_tau"), ("model", "rope_theta"),
+               ("model", "norm_eps"), ("model", "init_std"), ("attnres", "eps"),
+               ("attnres", "lr_mult")}
 
 
 def check(cfg: Config) -> None:
+    """Every value of the tree, once, where it is loaded: a bad one is a one-line ConfigError."""
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(choices)}")
-    for section, key in _POSITIVE:
+    for f in dataclasses.fields(cfg):
+        for key, value in dataclasses.asdict(getattr(cfg, f.name)).items():
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{f.name}.{key} must be a finite number, got {value}")
+    for (section, key), (low, high) in _RANGES.items():
         value = getattr(getattr(cfg, section), key)
-        if value < 1:
-            raise ConfigError(f"{section}.{key} must be >= 1, got {value}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            want = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{section}.{key} must be {want}, got {value}")
+    for section, key in sorted(_ABOVE_ZERO):
+        value = getattr(getattr(cfg, section), key)
+        if not value > 0:
+            raise ConfigError(f"{section}.{key} must be > 0, got {value}")
+    if not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas must each be in [0, 1), got {list(cfg.optim.betas)}")
     if not 0.0 < cfg.data.val_fraction < 0.5:
         raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {cfg.data.val_fraction}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
-    if not 0 < cfg.attnres.lr_mult < float("inf"):
-        raise ConfigError(f"attnres.lr_mult must be a finite number > 0, got {cfg.attnres.lr_mult}")
+    _check_schedule(cfg)
     if not 0 < cfg.model.latent_norm_eps < 1:
         raise ConfigError(f"model.latent_norm_eps must be in (0, 1), got {cfg.model.latent_norm_eps}")
-    if not cfg.optim.qk_clip_tau > 0:
-        raise ConfigError(f"optim.qk_clip_tau must be > 0, got {cfg.optim.qk_clip_tau}")
     _check_read_variant(cfg)
     if cfg.optim.muon_dist == "sharded" and cfg.parallel.mode != "dp":
         raise ConfigError(f"optim.muon_dist = sharded applies to parallel.mode = dp (fsdp already "
@@ -227,6 +265,38 @@ def check(cfg: Config) -> None:
         raise ConfigError("optim.muon_impl = torch runs Newton-Schulz on local shards under "
                           "parallel.mode = fsdp; use optim.muon_impl = ours")
     _check_pipeline(cfg)
+
+
+def _check_schedule(cfg: Config) -> None:
+    """Warmup (and, for wsd, warmup + decay) must fit in train.steps (optim/schedule.py)."""
+    steps, s = cfg.train.steps, cfg.sched
+    # -1: the default of optim/schedule.py `default_warmup`, W = max(1, round(0.02·T))
+    warmup = max(1, round(0.02 * steps)) if s.warmup_steps < 0 else s.warmup_steps
+    decay = round(s.decay_frac * steps) if s.kind == "wsd" else 0
+    if warmup + decay > steps:
+        what = f"warmup ({warmup}) + decay ({decay}, sched.decay_frac = {s.decay_frac})" \
+            if decay else f"warmup ({warmup})"
+        raise ConfigError(f"sched.warmup_steps: {what} steps exceed train.steps = {steps}")
+
+
+# Keys a resumed run may change: they steer how long it runs and what it logs, not the
+# trajectory of the steps already taken (docs/RELIABILITY.md, "Resuming").
+RESUME_SAFE = {("train", k) for k in ("steps", "eval_every", "eval_batches", "log_every",
+                                      "ckpt_every", "progress", "analysis", "tensorboard",
+                                      "device", "max_skipped_steps", "out_dir")} \
+    | {("data", "cache_dir")}
+
+
+def check_resume(saved: Config, new: Config) -> None:
+    """A one-line ConfigError naming every key `new` changes that is not in RESUME_SAFE."""
+    before, after = saved.to_dict(), new.to_dict()
+    changed = [f"{sec}.{key} ({before[sec][key]!r} -> {after[sec][key]!r})"
+               for sec in after for key in after[sec]
+               if before[sec][key] != after[sec][key] and (sec, key) not in RESUME_SAFE]
+    if changed:
+        safe = ", ".join(f"{s}.{k}" for s, k in sorted(RESUME_SAFE))
+        raise ConfigError(f"--resume: cannot change {', '.join(changed)} of a run in progress "
+                          f"(keys that may change: {safe})")
 
 
 def _check_pipeline(cfg: Config) -> None:
@@ -320,17 +390,35 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
+    """The sections of a TOML / YAML / JSON file. An empty file (or one with only comments) is
+    an error rather than a silent run on the defaults: it is more often a truncated or wrong
+    file than a wish (docs/RELIABILITY.md)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}); expected a "
+                          f"TOML, YAML or JSON config") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    data = _parse(path, text)
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: empty config file; leave out --config to train on the defaults")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of sections at the top level, got a "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _parse(path: Path, text: str) -> Any:
     try:
         if path.suffix == ".toml":
             return tomllib.loads(text)
         if path.suffix in (".yaml", ".yml"):
             import yaml
-            data = yaml.safe_load(text) or {}
-            return data
+            return yaml.safe_load(text)
         if path.suffix == ".json":
             return json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 
@@ -26,10 +27,16 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"train.device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but CUDA is not available on this machine")
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
+    elif device.type != "cpu":  # mps, xpu, meta, ...: the trainer is tested on cpu and cuda only
+        raise ConfigError(f"device {name!r}: unsupported; use cpu or cuda")
     return device
 
 
@@ -59,6 +66,11 @@ def model_config(cfg: Config, vocab_size: int):
     block_size = cfg.attnres.block_size
     if cfg.attnres.num_blocks > 0:
         block_size = units.block_size_for_num_blocks(n_sublayers, cfg.attnres.num_blocks)
+    if cfg.residual.kind == "attnres" and cfg.attnres.mode == "block" \
+            and cfg.attnres.num_blocks == 0 and block_size > n_sublayers:
+        warnings.warn(f"attnres.block_size = {block_size} is more than the model's {n_sublayers} "
+                      f"sublayers: one block, so every read sees only the embedding and the "
+                      f"running partial sum", stacklevel=2)
     impl = "naive" if cfg.attnres.impl == "reference" else cfg.attnres.impl
     common = dict(vocab_size=vocab_size, norm_eps=m.norm_eps, init_std=m.init_std,
                   residual=residual_name(cfg), block_size=block_size, attnres_eps=cfg.attnres.eps,

@@ -346,7 +346,7 @@ class Trainer:
             if math.isfinite(value):  # a non-finite loss has no gradient worth computing
                 loss.backward()
                 params = [p for p in self.model.parameters() if p.grad is not None]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self._max_norm)
                 grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
         lr = self.optimizer.param_groups[0]["lr"]
         # a non-finite loss or gradient skips the update (optim.md §8), counted against the limit
@@ -375,7 +375,12 @@ class Trainer:
         with self.autocast():
             value, self._pp_stats = self.runner.train_step(x, y)
         # every rank skips together: the loss and the norm are the same on every rank
-        return value, self.runner.clip_grad_norm_(self.cfg.optim.grad_clip)
+        return value, self.runner.clip_grad_norm_(self._max_norm)
+
+    @property
+    def _max_norm(self) -> float:
+        """optim.grad_clip; 0 turns clipping off (the norm is still measured and logged)."""
+        return self.cfg.optim.grad_clip or float("inf")
 
     def _build_optimizer(self, params):
         o = self.cfg.optim
