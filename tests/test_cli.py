@@ -1,5 +1,6 @@
 """The command line: user errors are one line and a non-zero exit; train/generate work."""
 
+import json
 import subprocess
 import sys
 
@@ -74,3 +75,34 @@ def test_console_script_help():
     assert out.returncode == 0
     for command in ("compare", "train", "generate", "bench"):
         assert command in out.stdout
+
+
+BAD_VALUES = ["optim.grad_clip=-1", "train.ckpt_every=-1", "train.eval_every=0",
+              "model.max_seq_len=-3", "model.max_seq_len=100000", "sched.decay_frac=2",
+              "sched.warmup_steps=500", "optim.lr=nan", "data.vocab_size=-5"]
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_bad_values_are_refused_with_one_line(capsys, tmp_path, tiny_overrides, override):
+    """Refused when the config is loaded: nothing trains, nothing is written."""
+    args = ["train", "--out", str(tmp_path / "run")]
+    for o in tiny_overrides + ["train.steps=20", override]:
+        args += ["--set", o]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert override.split("=")[0] in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_continues_in_its_folder_and_refuses_unsafe_overrides(capsys, tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    sets = [a for o in tiny_overrides for a in ("--set", o)]
+    assert run_cli(capsys, "train", "--out", str(run), *sets, "--set", "train.steps=2")[0] == 0
+    code, _, err = run_cli(capsys, "train", "--resume", str(run), "--set", "optim.lr=0.01")
+    assert code == 2 and "optim.lr" in err and err.strip().count("\n") == 0, err
+    # a safe override applies, and the run continues in the checkpoint's own folder (no --out)
+    assert run_cli(capsys, "train", "--resume", str(run), "--set", "train.steps=4")[0] == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-4"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]     # each step logged once
