@@ -101,11 +101,15 @@ class ScheduleConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "shakespeare"      # shakespeare (bundled) | a text file | a folder | a .jsonl
+    # shakespeare (bundled) | a text, .jsonl(.gz), .parquet or .arrow file | a folder of them
+    # (a `datasets` save_to_disk folder included); formats, split and cache: docs/DATA.md
+    source: str = "shakespeare"
     tokenizer: str = "byte"          # byte | bpe
     vocab_size: int = 0              # BPE only; 0 = 4096
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05       # share of documents (by id hash) held out for validation
     cache_dir: str = "cache/tokens"
+    workers: int = 0                 # tokenising processes; 0 = one per CPU
+    text_column: str = "text"        # the field / column of .jsonl, parquet and Arrow rows
 
 
 @dataclass
@@ -215,7 +219,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("optim", "ns_steps"): (1, None), ("optim", "grad_clip"): (0, None),
     ("sched", "warmup_steps"): (-1, None), ("sched", "decay_frac"): (0, 1),
     ("sched", "final_ratio"): (0, 1),
-    ("data", "vocab_size"): (0, None),
+    ("data", "vocab_size"): (0, None), ("data", "workers"): (0, None),
     ("train", "steps"): (1, None), ("train", "batch_size"): (1, None),
     ("train", "seq_len"): (0, MAX_SEQ_LEN), ("train", "seed"): (0, None),
     ("train", "data_seed"): (0, None), ("train", "eval_every"): (1, None),
@@ -252,6 +256,8 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key} must be > 0, got {value}")
     if not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas must each be in [0, 1), got {list(cfg.optim.betas)}")
+    if not cfg.data.text_column:
+        raise ConfigError("data.text_column must name a field, got an empty string")
     if not 0.0 < cfg.data.val_fraction < 0.5:
         raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {cfg.data.val_fraction}")
     _check_schedule(cfg)

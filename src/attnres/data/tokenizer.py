@@ -1,8 +1,15 @@
 """Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained locally on the corpus.
 
-Both map every string to ids and back exactly, so bits per byte is comparable across them.
-`to_dict()` is JSON-serialisable and `tokenizer_from_dict` rebuilds the same tokenizer, which is
-how the token cache and checkpoints carry a tokenizer without retraining it.
+Both map every string to ids and back exactly, so bits per byte is comparable across them, and
+both have one more id, `eod_id`, which the token cache puts after every document and which no
+text ever encodes to (docs/DATA.md). `to_dict()` is JSON-serialisable and `tokenizer_from_dict`
+rebuilds the same tokenizer, which is how the token cache and checkpoints carry a tokenizer
+without retraining it.
+
+A new kind is a class with the `Tokenizer` methods plus two class methods, `build(texts,
+vocab_size)` (`texts` an iterator over a bounded sample of the training documents, consumed only
+when `needs_training`) and `from_dict(d)`, entered in `_KINDS` under the name `data.tokenizer`
+uses for it.
 """
 
 from __future__ import annotations
@@ -10,49 +17,84 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from .corpus import Corpus
+import numpy as np
 
-KINDS = ("byte", "bpe")
 DEFAULT_BPE_VOCAB = 4096
+EOD_TEXT = "<|endoftext|>"  # the BPE vocabulary's name for the end-of-document id
 
 
 class Tokenizer(Protocol):
     name: str
-    vocab_size: int
+    vocab_size: int         # every id, the end-of-document one included
+    eod_id: int | None      # None only for tokenizers saved before documents had ends
+    needs_training: bool
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> Sequence[int]: ...
+    def encode_batch(self, texts: list[str]) -> list[Sequence[int]]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def to_dict(self) -> dict: ...
 
 
 class ByteTokenizer:
-    """One token per UTF-8 byte: no training, no unknowns, vocab 256."""
+    """One token per UTF-8 byte (ids 0-255), and id 256 for the end of a document: vocab 257.
+
+    `eod=False` is the 256-id vocabulary of checkpoints saved before the end-of-document id.
+    """
 
     name = "byte"
-    vocab_size = 256
+    needs_training = False
 
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+    def __init__(self, eod: bool = True):
+        self.eod_id = 256 if eod else None
+        self.vocab_size = 257 if eod else 256
+
+    @classmethod
+    def build(cls, texts: Iterable[str] | None = None, vocab_size: int | None = None) -> ByteTokenizer:
+        if vocab_size not in (None, 257):
+            raise ValueError(f"the byte tokenizer has vocab_size 257 (256 bytes + end of document), "
+                             f"got vocab_size={vocab_size}")
+        return cls()
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
-        # A model can sample a byte sequence that is not valid UTF-8; show it, don't fail.
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        # A model can sample a byte sequence that is not valid UTF-8; show it, don't fail. The
+        # end-of-document id is not text (as HF tokenizers skip special tokens).
+        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
 
     def to_dict(self) -> dict:
-        return {"kind": "byte"}
+        return {"kind": "byte", "eod": self.eod_id is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ByteTokenizer:
+        return cls(eod=bool(d.get("eod", False)))
 
 
 class BPETokenizer:
     """Byte-level BPE (GPT-2 style) backed by HF `tokenizers`; built only by `train` or `from_dict`."""
 
+    needs_training = True
+
     def __init__(self, hf_tokenizer):
         self._tok = hf_tokenizer
+        # Text that happens to contain "<|endoftext|>" encodes as its bytes, never as the id.
+        self._tok.encode_special_tokens = True
         self.vocab_size = hf_tokenizer.get_vocab_size()
+        self.eod_id = hf_tokenizer.token_to_id(EOD_TEXT)
         self.name = f"bpe{self.vocab_size}"
 
     @classmethod
+    def build(cls, texts: Iterable[str], vocab_size: int | None = None) -> BPETokenizer:
+        return cls.train(texts, vocab_size or DEFAULT_BPE_VOCAB)
+
+    @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB) -> BPETokenizer:
-        """Learn merges from `texts` up to `vocab_size` ids (fewer if the text runs out of pairs).
+        """Learn merges from `texts` (any iterable, streamed) up to `vocab_size` ids, the
+        end-of-document id included (fewer if the text runs out of pairs).
 
         Training is deterministic: ties between equally frequent pairs are broken by token id,
         so the same texts always give the same merges. Nothing is downloaded.
@@ -61,10 +103,9 @@ class BPETokenizer:
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-        if vocab_size < len(alphabet):
-            raise ValueError(
-                f"BPE vocab_size must be at least {len(alphabet)} (one id per byte), got {vocab_size}"
-            )
+        if vocab_size < len(alphabet) + 1:
+            raise ValueError(f"BPE vocab_size must be at least {len(alphabet) + 1} (one id per "
+                             f"byte and the end of document), got {vocab_size}")
         tok = HFTokenizer(models.BPE())
         # No prefix space: decode(encode(s)) must give back s exactly, leading spaces included.
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -72,17 +113,17 @@ class BPETokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             initial_alphabet=alphabet,  # all 256 bytes, so unseen characters still encode
-            special_tokens=[],
+            special_tokens=[EOD_TEXT],  # id 0
             show_progress=False,
         )
         tok.train_from_iterator(texts, trainer)
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+        return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self._tok.encode_batch(texts)]
+        return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
@@ -97,22 +138,24 @@ class BPETokenizer:
         return cls(HFTokenizer.from_str(d["json"]))
 
 
+_KINDS = {"byte": ByteTokenizer, "bpe": BPETokenizer}
+KINDS = tuple(_KINDS)
+
+
+def _kind(kind: str | None):
+    if kind not in _KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+    return _KINDS[kind]
+
+
 def tokenizer_from_dict(d: dict) -> Tokenizer:
-    kind = d.get("kind")
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "bpe":
-        return BPETokenizer.from_dict(d)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+    return _kind(d.get("kind")).from_dict(d)
 
 
-def build_tokenizer(kind: str, corpus: Corpus, vocab_size: int | None = None) -> Tokenizer:
-    """A tokenizer of `kind` ("byte" or "bpe"); BPE is trained on every document of `corpus`."""
-    if kind == "byte":
-        if vocab_size not in (None, ByteTokenizer.vocab_size):
-            raise ValueError(f"the byte tokenizer has vocab_size 256, got vocab_size={vocab_size}")
-        return ByteTokenizer()
-    if kind == "bpe":
-        texts = [text for _, text in corpus.documents]
-        return BPETokenizer.train(texts, vocab_size or DEFAULT_BPE_VOCAB)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+def needs_training(kind: str) -> bool:
+    return _kind(kind).needs_training
+
+
+def build_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None = None) -> Tokenizer:
+    """A tokenizer of `kind`; one that needs training (BPE) learns it from `texts`."""
+    return _kind(kind).build(texts, vocab_size)

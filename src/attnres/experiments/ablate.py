@@ -224,7 +224,8 @@ def run(s: AblateSettings, experiment: str, dry_run: bool = False) -> report.Rep
     configs = {(a.name, seed): run_config(s, a.residual, seed) for a in todo for seed in range(s.seeds)}
     first = configs[(todo[0].name, 0)]
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
-                        first.data.val_fraction, first.data.cache_dir)
+                        first.data.val_fraction, first.data.cache_dir,
+                        workers=first.data.workers, text_column=first.data.text_column)
     vocab = data.tokenizer.vocab_size
     print(format_plan(s, experiment, todo, configs, vocab), flush=True)
     if dry_run:

@@ -82,7 +82,8 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     first = arm_config(s, s.variants[0], s.seeds[0])
     # Tokenise once in this process; the arms find the cache.
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
-                        first.data.val_fraction, first.data.cache_dir)
+                        first.data.val_fraction, first.data.cache_dir,
+                        workers=first.data.workers, text_column=first.data.text_column)
     if s.workers < 1:
         raise config_mod.ConfigError(f"--workers must be >= 1, got {s.workers}")
     started = time.perf_counter()

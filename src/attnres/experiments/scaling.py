@@ -198,7 +198,8 @@ def run_scaling(s: ScalingSettings, dry_run: bool = False) -> report.Report | No
     out = Path(s.out)
     first = run_config(s, Size(*ladder_sizes(1, s.first_layers)[0]), "baseline", 0, 1)
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
-                        first.data.val_fraction, first.data.cache_dir)
+                        first.data.val_fraction, first.data.cache_dir,
+                        workers=first.data.workers, text_column=first.data.text_column)
     vocab = data.tokenizer.vocab_size
     runs = plan(s, vocab)
     print(format_plan(s, runs, vocab), flush=True)

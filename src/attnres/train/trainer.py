@@ -101,7 +101,9 @@ class Trainer:
         self.device = self.par.device(device)
         self.data = data or prepare_data(cfg.data.source, cfg.data.tokenizer,
                                          cfg.data.vocab_size or None, cfg.data.val_fraction,
-                                         cfg.data.cache_dir)
+                                         cfg.data.cache_dir, workers=cfg.data.workers,
+                                         text_column=cfg.data.text_column,
+                                         progress=cfg.train.progress and self.par.is_main)
         self.model_cfg = model_config(cfg, self.data.tokenizer.vocab_size)
         self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
         check_length(self.data.train, self.seq_len, "training split")
