@@ -89,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_device_args(p)
 
     p = sub.add_parser("bench", help="benchmarks: the depth-attention op and the training step")
-    p.add_argument("--what", default="op,step", help="comma-separated: op, step, kda, moe, decode")
+    p.add_argument("--what", default="op,step", help="comma-separated: op, step, kda, moe, decode, data")
+    p.add_argument("--data-mb", type=float, nargs="+", default=[30, 300],
+                   help="data: sizes of the generated text corpora in MB (--quick: 2)")
+    p.add_argument("--data-workers", type=int, nargs="+", default=[1, 2],
+                   help="data: tokenising worker counts to measure")
+    p.add_argument("--data-tokenizer", default="byte", choices=("byte", "bpe"))
     p.add_argument("--preset", default="small")
     p.add_argument("--quick", action="store_true", help="tiny shapes, seconds")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
@@ -258,7 +263,9 @@ def _generate(args) -> int:
 def _bench(args) -> int:
     from attnres.bench.run import run_benchmarks
     text = run_benchmarks(what=[w.strip() for w in args.what.split(",")], preset=args.preset,
-                          quick=args.quick, device=args.device, dtype=args.dtype)
+                          quick=args.quick, device=args.device, dtype=args.dtype,
+                          data_mb=args.data_mb, data_workers=args.data_workers,
+                          data_tokenizer=args.data_tokenizer)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

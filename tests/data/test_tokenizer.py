@@ -85,3 +85,14 @@ def test_build_tokenizer():
         build_tokenizer("byte", [SAMPLE], 512)
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         tokenizer_from_dict({"kind": "word"})
+
+
+def test_bpe_long_texts_encode_as_whole(monkeypatch):
+    from attnres.data import tokenizer as tok_mod
+
+    tok = BPETokenizer.train([SAMPLE], vocab_size=300)
+    text = (SAMPLE + "\n  indented\n\n\nx \n y\n") * 30
+    whole = tok._tok.encode(text, add_special_tokens=False).ids
+    monkeypatch.setattr(tok_mod, "_SEGMENT_CHARS", 50)  # hundreds of segments
+    assert tok.encode(text) == whole
+    assert tok.encode_batch([text, "short"]) == [whole, tok._tok.encode("short").ids]

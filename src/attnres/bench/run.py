@@ -9,11 +9,12 @@ import torch
 
 from attnres.train.build import resolve_device
 
-WHAT = ("op", "step", "kda", "moe", "decode")
+WHAT = ("op", "step", "kda", "moe", "decode", "data")
 
 
 def run_benchmarks(what=("op", "step"), preset: str = "small", quick: bool = False,
-                   device: str = "auto", dtype: str = "float32") -> str:
+                   device: str = "auto", dtype: str = "float32", data_mb=(30, 300),
+                   data_workers=(1, 2), data_tokenizer: str = "byte") -> str:
     unknown = [w for w in what if w not in WHAT]
     if unknown:
         from attnres.config import ConfigError
@@ -48,4 +49,8 @@ def run_benchmarks(what=("op", "step"), preset: str = "small", quick: bool = Fal
         from attnres.bench.decode import format_decode_table, run_decode_bench
         parts += ["### Decode: kimi-linear vs dense, cache size and tokens/s", "",
                   format_decode_table(run_decode_bench(device=dev, quick=quick)), ""]
+    if "data" in what:
+        from attnres.bench.data import format_data_table, run_data_bench
+        parts += ["### Data: tokenising a text corpus into the token cache (MB/s, peak memory)", "",
+                  format_data_table(run_data_bench(data_mb, data_workers, data_tokenizer, quick)), ""]
     return "\n".join(parts)

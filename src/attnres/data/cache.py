@@ -36,7 +36,9 @@ from .tokenizer import Tokenizer, build_tokenizer, needs_training, tokenizer_fro
 
 # Bump when the split, the end-of-document rule or the file layout changes.
 CACHE_VERSION = 2
-CHUNK_CHARS = 4 << 20  # text handed to a worker at a time: large enough to hide the hand-over
+# Text handed to a worker at a time: enough to hide the hand-over, little enough that its
+# encodings (HF tokenizers keeps ~100 bytes per token until they are turned into ids) stay small.
+CHUNK_CHARS = 1 << 20
 BPE_SAMPLE_BYTES = 128 << 20  # BPE merges are learned from at most this much training text
 # A pool costs about a second to start (each worker imports the package); below this much
 # input, tokenising in this process is faster.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,6 +65,35 @@ def read(path: Path, doc_id: str, text_column: str = "text", advance: Advance = 
     return read_text(path, doc_id, advance)
 
 
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+def cut_point(text: str, limit: int) -> int | None:
+    """Where to cut `text` near `limit` without changing how BPE tokenises it, or None if no
+    such point is in `text` yet (more text may bring one).
+
+    A safe point is after a newline between two non-space characters ("x\nW"): GPT-2-style
+    pre-tokenisation splits there anyway, while a newline next to other whitespace may be
+    grouped with it. The last safe point up to `limit` is taken, else the first after it; a
+    text with none in `4 * limit` characters is cut after its last newline there, or at that
+    length: the one place tokens may differ from the uncut text's.
+    """
+    if len(text) <= limit:
+        return None
+    best = None
+    for m in _SAFE_CUT.finditer(text, 0, limit):
+        best = m.end()
+    if best is not None:
+        return best
+    hard = 4 * limit
+    m = _SAFE_CUT.search(text, limit, hard)
+    if m is not None:
+        return m.end()
+    if len(text) < hard:
+        return None
+    return (text.rfind("\n", 0, hard) + 1) or hard
+
+
 def clean(text: str) -> str:
     """Documents are compared and split as stripped text with Unix line endings."""
     return text.replace("\r\n", "\n").strip()
@@ -106,8 +136,8 @@ def _pieces(doc_id: str, blocks: Iterator[str]) -> Iterator[Piece]:
     """Newline-aligned pieces of the stripped text of `blocks`.
 
     A piece is held back until text that is not whitespace follows it, so the document's end
-    is stripped without reading the file twice; pieces end after a newline so BPE sees whole
-    lines (a line longer than a piece is cut where the piece is full).
+    is stripped without reading the file twice; pieces end where `cut_point` says, so BPE gives
+    the tokens of the whole text.
     """
     buf, started, held = "", False, None
     for block in blocks:
@@ -117,8 +147,7 @@ def _pieces(doc_id: str, blocks: Iterator[str]) -> Iterator[Piece]:
                 continue
             started = True
         buf += block
-        while len(buf) >= PIECE_CHARS:
-            cut = buf.rfind("\n", 0, PIECE_CHARS) + 1 or PIECE_CHARS
+        while (cut := cut_point(buf, PIECE_CHARS)) is not None:
             piece, buf = buf[:cut], buf[cut:]
             if held is None:
                 held = piece

@@ -19,7 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
+from .formats import cut_point
+
 DEFAULT_BPE_VOCAB = 4096
+_SEGMENT_CHARS = 4096
 EOD_TEXT = "<|endoftext|>"  # the BPE vocabulary's name for the end-of-document id
 
 
@@ -120,10 +123,23 @@ class BPETokenizer:
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+        # HF tokenizers slow down on long inputs (2 MB/s on 1 MB strings, 9 on 4 KB segments
+        # here), so long texts go in as segments cut where the tokens cannot change.
+        segments, owner = [], []
+        for i, text in enumerate(texts):
+            while (cut := cut_point(text, _SEGMENT_CHARS)) is not None:
+                segments.append(text[:cut])
+                owner.append(i)
+                text = text[cut:]
+            segments.append(text)
+            owner.append(i)
+        out: list[list[int]] = [[] for _ in texts]
+        for i, enc in zip(owner, self._tok.encode_batch_fast(segments, add_special_tokens=False)):
+            out[i] += enc.ids
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
