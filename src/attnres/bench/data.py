@@ -43,6 +43,8 @@ def _child(source: str, cache_dir: str, kind: str, workers: int) -> None:
     from attnres.data import cache, prepare_data
 
     cache.POOL_MIN_BYTES = 0  # measure the pool at every size, even --quick's few MB
+    with open("/proc/self/status") as f:
+        start_rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports' peak, KiB
     start = time.perf_counter()
     data = prepare_data(source, kind, None, 0.05, cache_dir, workers=workers, progress=False)
@@ -50,7 +52,7 @@ def _child(source: str, cache_dir: str, kind: str, workers: int) -> None:
     # ru_maxrss is in KiB on Linux
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"wall_s": wall, "before_mb": before, "peak_mb": peak,
+    print(json.dumps({"wall_s": wall, "before_mb": before, "start_mb": start_rss, "peak_mb": peak,
                       "worker_peak_mb": workers_peak,
                       "tokens": int(len(data.train) + len(data.val))}))
 
@@ -78,11 +80,11 @@ def run_data_bench(sizes_mb=(30, 300), workers=(1, 2), kind: str = "byte", quick
 
 
 def format_data_table(rows: list[dict]) -> str:
-    lines = ["| corpus (MB) | tokenizer | workers | MB/s | main peak RSS (MB) | main peak before "
-             "preparing (MB) | largest worker peak (MB) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| corpus (MB) | tokenizer | workers | MB/s | main RSS at start (MB) | main peak before "
+             "preparing (MB) | main peak (MB) | largest worker peak (MB) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        worker = f"{r['worker_peak_mb']:.0f}" if r["workers"] > 1 else "-"
+        worker = f"{r['worker_peak_mb']:.0f}" if r["worker_peak_mb"] > 0 else "-"
         lines.append(f"| {r['corpus_mb']:.0f} | {r['kind']} | {r['workers']} | {r['mb_per_s']:.1f} "
-                     f"| {r['peak_mb']:.0f} | {r['before_mb']:.0f} | {worker} |")
+                     f"| {r['start_mb']:.0f} | {r['before_mb']:.0f} | {r['peak_mb']:.0f} | {worker} |")
     return "\n".join(lines)

@@ -210,7 +210,7 @@ def _tokenise(source: Source, tokenizer: Tokenizer, dtype, val_fraction: float, 
     chunks = _chunks(_sided(source, val_fraction, bar.update))
     n_docs = n_tokens = 0
     try:
-        if workers <= 1 or source.n_bytes < POOL_MIN_BYTES:
+        if workers <= 1 or source.n_bytes < POOL_MIN_BYTES or not tokenizer.worth_a_pool:
             _init_worker(tokenizer.to_dict(), np.dtype(dtype).str)
             for result in map(_encode_chunk, chunks):
                 n_docs, n_tokens = _store(result, sides, bar, n_docs, n_tokens)

@@ -31,6 +31,7 @@ class Tokenizer(Protocol):
     vocab_size: int         # every id, the end-of-document one included
     eod_id: int | None      # None only for tokenizers saved before documents had ends
     needs_training: bool
+    worth_a_pool: bool      # whether tokenising in worker processes beats one process
 
     def encode(self, text: str) -> Sequence[int]: ...
     def encode_batch(self, texts: list[str]) -> list[Sequence[int]]: ...
@@ -46,6 +47,9 @@ class ByteTokenizer:
 
     name = "byte"
     needs_training = False
+    # Encoding is a copy of the UTF-8 bytes: handing text to a worker process costs more than
+    # encoding it (docs/BENCHMARKS.md), so the cache encodes bytes in its own process.
+    worth_a_pool = False
 
     def __init__(self, eod: bool = True):
         self.eod_id = 256 if eod else None
@@ -81,6 +85,7 @@ class BPETokenizer:
     """Byte-level BPE (GPT-2 style) backed by HF `tokenizers`; built only by `train` or `from_dict`."""
 
     needs_training = True
+    worth_a_pool = True
 
     def __init__(self, hf_tokenizer):
         self._tok = hf_tokenizer
