@@ -121,6 +121,8 @@ def build(path: Path, source: Source, key: str, kind: str, vocab_size: int | Non
             for sink in sides.values():
                 sink.close()
         val = sides["val"]
+        if val.documents + sides["train"].documents == 0:
+            raise DataError(f"{source.root or source.files[0]}: no text (every document is empty)")
         if val.tokens == 0 or sides["train"].tokens == 0:
             empty = "val" if val.tokens == 0 else "train"
             raise DataError(
@@ -189,7 +191,8 @@ def _tokenizer(source: Source, kind: str, vocab_size: int | None, val_fraction: 
         # Training documents only, so val stays unseen; the first BPE_SAMPLE_BYTES of them.
         total = 0
         with tqdm(total=min(source.n_bytes, BPE_SAMPLE_BYTES), unit="B", unit_scale=True,
-                  desc=f"BPE sample of {source.name}", disable=not progress, leave=False) as bar:
+                  desc=f"BPE sample of {source.name}", disable=None if progress else True,
+                  leave=False) as bar:
             for piece, val in _sided(source, val_fraction):
                 if val:
                     continue
@@ -206,7 +209,7 @@ def _tokenizer(source: Source, kind: str, vocab_size: int | None, val_fraction: 
 def _tokenise(source: Source, tokenizer: Tokenizer, dtype, val_fraction: float, workers: int,
               progress: bool, sides: dict[str, _Sink]) -> None:
     bar = tqdm(total=source.n_bytes, unit="B", unit_scale=True, desc=f"tokenising {source.name}",
-               disable=not progress, smoothing=0.1)
+               disable=None if progress else True, smoothing=0.1)  # None: off unless a terminal
     chunks = _chunks(_sided(source, val_fraction, bar.update))
     n_docs = n_tokens = 0
     try:

@@ -33,8 +33,8 @@ class Tokenizer(Protocol):
     needs_training: bool
     worth_a_pool: bool      # whether tokenising in worker processes beats one process
 
-    def encode(self, text: str) -> Sequence[int]: ...
-    def encode_batch(self, texts: list[str]) -> list[Sequence[int]]: ...
+    def encode(self, text: str) -> list[int]: ...
+    def encode_batch(self, texts: list[str]) -> list[Sequence[int]]: ...  # lists or int arrays
     def decode(self, ids: Sequence[int]) -> str: ...
     def to_dict(self) -> dict: ...
 
@@ -62,11 +62,12 @@ class ByteTokenizer:
                              f"got vocab_size={vocab_size}")
         return cls()
 
-    def encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        return [self.encode(t) for t in texts]
+        # arrays, not lists: the token cache encodes gigabytes through here
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         # A model can sample a byte sequence that is not valid UTF-8; show it, don't fail. The
