@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds",
                    help="one or more seeds; each seed trains every variant (default 0 1 2)")
     p.add_argument("--data", default=None,
-                   help="bundled 'shakespeare' (default), a text file, a folder of text files or a .jsonl")
+                   help="bundled 'shakespeare' (default), a text, .jsonl(.gz) or parquet file, or a folder of them (docs/DATA.md)")
     p.add_argument("--out", default=None, help="default runs/compare")
     p.add_argument("--batch-size", type=int, default=None, help="default 8")
     p.add_argument("--seq-len", type=int, default=None, help="0 = the preset's context length (default)")

