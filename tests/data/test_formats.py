@@ -1,18 +1,16 @@
 import gzip
-import importlib.util
 import json
 import random
 
+# pyarrow is an install dependency and datasets a dev one (`make test` installs both), so a
+# missing one is a failure here, not a skip
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from attnres.data import DataError, open_source, prepare_data
 from attnres.data import formats
-
-pa = pytest.importorskip("pyarrow")
-import pyarrow.parquet as pq  # noqa: E402
-
-has_datasets = importlib.util.find_spec("datasets") is not None
 
 
 def _documents(n=30, seed=0):
@@ -71,8 +69,6 @@ def _per_document_tokens(data):
 @pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "parquet", "datasets"])
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
 def test_every_format_gives_the_tokens_of_the_same_text_files(fmt, tokenizer, tmp_path):
-    if fmt == "datasets" and not has_datasets:
-        pytest.skip("datasets not installed")
     make = {"jsonl": lambda p: _as_jsonl(p / "docs.jsonl"),
             "jsonl.gz": lambda p: _as_jsonl(p / "docs.jsonl.gz", gz=True),
             "parquet": lambda p: _as_parquet_shards(p / "shards"),
@@ -92,8 +88,6 @@ def test_every_format_gives_the_tokens_of_the_same_text_files(fmt, tokenizer, tm
 
 
 def test_datasets_folder_skips_its_metadata(tmp_path):
-    if not has_datasets:
-        pytest.skip("datasets not installed")
     src = open_source(str(_as_datasets_folder(tmp_path / "saved")))
     assert [f.name for f in src.files] == ["data-00000-of-00002.arrow", "data-00001-of-00002.arrow"]
     assert [text for _, text in src.documents()] == DOCS  # shard order, then row order
