@@ -143,9 +143,8 @@ def run_arm(cfg: Config, run_dir: Path, resume: bool = False, in_process: bool =
 def read_arm(run_dir: Path) -> dict[str, Any]:
     """A finished run folder's result.json, with its history, parameter counts and analyses."""
     result = json.loads((run_dir / "result.json").read_text())
-    result["history"] = [r for r in read_metrics(run_dir / "metrics.jsonl")
-                         if r["kind"] in ("train", "eval")]
     records = read_metrics(run_dir / "metrics.jsonl")
+    result["history"] = [r for r in records if r["kind"] in ("train", "eval")]
     result["params_detail"] = next(r for r in records if r["kind"] == "params")
     result["moe"] = [r for r in records if r["kind"] == "moe"]
     result["depth_trace"] = [r for r in records if r["kind"] == "depth"]
