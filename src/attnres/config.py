@@ -46,28 +46,56 @@ class ModelConfig:
     init_std: float = 0.02
 
 
+RESIDUAL_KINDS = ("prenorm", "full", "block", "denseformer", "mhc")
+DEFAULT_BLOCK_SIZE = 4
+
+
 @dataclass
 class ResidualConfig:
-    kind: str = "prenorm"            # prenorm | attnres | denseformer | mhc (spec attnres.md §13)
+    """How each sublayer's input is formed. One section, one vocabulary: the command line
+    (`--residual block --block-size 4`), the saved run config, the reports, the model config
+    (`DecoderConfig.residual`, this very object) and `attnres.layers.residual.Residual` all use
+    these names (docs/DESIGN.md, "The residual config").
 
+    `block_size` means something for Block only: Full stores 1 (every sublayer its own block),
+    the other kinds 0. Normalised at construction, so a saved config says what ran."""
 
-@dataclass
-class AttnResConfig:
-    mode: str = "block"              # block | full (full = block with block_size 1)
-    block_size: int = 4              # S, in sublayers
-    num_blocks: int = 0              # if > 0: S = ceil(L / N), overriding block_size
-    eps: float = 1e-6
+    kind: str = "prenorm"            # prenorm | full | block | denseformer | mhc (docs/THEORY.md)
+    block_size: int = 0              # block: S sublayers per block (0 = 4, or from num_blocks)
+    num_blocks: int = 0              # block: if > 0, S = ceil(L / N) for the model's L sublayers
+    eps: float = 1e-6                # ε of the keys' RMSNorm inside the depth read
     lr_mult: float = 0.1             # LR of the read parameters = optim.lr × lr_mult (docs/DESIGN.md)
-    impl: str = "recompute"          # recompute | two_phase | naive (reference)
+    impl: str = "recompute"          # recompute | two_phase | naive (the plain reference)
     two_phase_group: int = 8         # scheduling group of Full AttnRes under two_phase
-    state_dtype: str = "float32"     # float32 | model: dtype of sources and of the baseline stream
-    # Table-4 ablations of the read (spec attnres.md §13); the defaults are the paper's AttnRes
+    state_dtype: str = "float32"     # float32 | model: dtype of the sources and the PreNorm stream
+    # Table-4 ablations of the read (docs/THEORY.md); the defaults are the paper's AttnRes
     key_norm: str = "rms_gain"       # rms_gain | rms (no gain) | none (raw sources as keys)
     kernel: str = "softmax"          # softmax | sigmoid (unnormalised gates)
     query: str = "static"            # static | input_dependent (q = W · RMSNorm(latest source))
     mixing: str = "attention"        # attention | static (per-read logits, no query, no keys)
     window: int = 0                  # Full only: embedding + the W most recent outputs; 0 = none
     heads: int = 1                   # depth-softmax heads (channel groups); must divide d_model
+
+    def __post_init__(self):
+        if self.kind == "block":
+            if self.block_size > 0 and self.num_blocks > 0:
+                raise ConfigError(f"residual.block_size = {self.block_size} and residual."
+                                  f"num_blocks = {self.num_blocks}: give one of them")
+            if self.block_size == 0 and self.num_blocks == 0:
+                self.block_size = DEFAULT_BLOCK_SIZE
+        else:
+            self.block_size, self.num_blocks = (1 if self.kind == "full" else 0), 0
+
+    @property
+    def is_attnres(self) -> bool:
+        return self.kind in ("full", "block")
+
+    def sublayers_per_block(self, n_sublayers: int) -> int:
+        """S for a model of `n_sublayers` sublayers: 1 for Full, block_size (or ceil(L / N))
+        for Block, 0 for the kinds without depth blocks."""
+        if self.kind == "block" and self.num_blocks > 0:
+            return -(-n_sublayers // self.num_blocks)
+        return self.block_size
 
 
 @dataclass
@@ -163,7 +191,6 @@ def _schedule_accepts(m: int, P: int, V: int) -> bool:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
-    attnres: AttnResConfig = field(default_factory=AttnResConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -179,14 +206,13 @@ class Config:
 
 _CHOICES = {
     ("model", "backbone"): ("dense", "kimi-linear"),
-    ("residual", "kind"): ("prenorm", "attnres", "denseformer", "mhc"),
-    ("attnres", "mode"): ("block", "full"),
-    ("attnres", "impl"): ("recompute", "two_phase", "naive", "reference"),
-    ("attnres", "state_dtype"): ("float32", "model"),
-    ("attnres", "key_norm"): ("rms_gain", "rms", "none"),
-    ("attnres", "kernel"): ("softmax", "sigmoid"),
-    ("attnres", "query"): ("static", "input_dependent"),
-    ("attnres", "mixing"): ("attention", "static"),
+    ("residual", "kind"): RESIDUAL_KINDS,
+    ("residual", "impl"): ("recompute", "two_phase", "naive"),
+    ("residual", "state_dtype"): ("float32", "model"),
+    ("residual", "key_norm"): ("rms_gain", "rms", "none"),
+    ("residual", "kernel"): ("softmax", "sigmoid"),
+    ("residual", "query"): ("static", "input_dependent"),
+    ("residual", "mixing"): ("attention", "static"),
     ("optim", "name"): ("muon", "adamw"),
     ("optim", "muon_impl"): ("ours", "torch"),
     ("optim", "qk_clip"): ("auto", "on", "off"),
@@ -212,9 +238,9 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("model", "n_heads"): (0, None), ("model", "n_kv_heads"): (0, None),
     ("model", "d_ff"): (0, None), ("model", "n_experts"): (0, None), ("model", "top_k"): (0, None),
     ("model", "first_k_dense"): (-1, None), ("model", "bias_update_rate"): (-1, None),
-    ("attnres", "block_size"): (1, None), ("attnres", "num_blocks"): (0, None),
-    ("attnres", "two_phase_group"): (1, None), ("attnres", "window"): (0, None),
-    ("attnres", "heads"): (1, None),
+    ("residual", "block_size"): (0, None), ("residual", "num_blocks"): (0, None),
+    ("residual", "two_phase_group"): (1, None), ("residual", "window"): (0, None),
+    ("residual", "heads"): (1, None),
     ("optim", "weight_decay"): (0, None), ("optim", "momentum"): (0, 1),
     ("optim", "ns_steps"): (1, None), ("optim", "grad_clip"): (0, None),
     ("sched", "warmup_steps"): (-1, None), ("sched", "decay_frac"): (0, 1),
@@ -230,8 +256,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
 }
 # floats that must be strictly positive (an exclusive bound the table above cannot say)
 _ABOVE_ZERO = {("optim", "lr"), ("optim", "eps"), ("optim", "qk_clip_tau"), ("model", "rope_theta"),
-               ("model", "norm_eps"), ("model", "init_std"), ("attnres", "eps"),
-               ("attnres", "lr_mult")}
+               ("model", "norm_eps"), ("model", "init_std"), ("residual", "eps"),
+               ("residual", "lr_mult")}
 
 
 def check(cfg: Config) -> None:
@@ -324,10 +350,10 @@ def _check_pipeline(cfg: Config) -> None:
                           f"{par.mode} in this build (no pipeline x data parallelism yet); use "
                           f"one of them")
     kind = cfg.residual.kind
-    if kind not in ("prenorm", "attnres") or (kind == "attnres" and cfg.attnres.window):
-        raise ConfigError(f"parallel.pp > 1 supports residual.kind prenorm or attnres without "
-                          f"attnres.window, got residual.kind = {kind}"
-                          + (f", attnres.window = {cfg.attnres.window}" if kind == "attnres" else ""))
+    if kind not in ("prenorm", "full", "block") or cfg.residual.window:
+        raise ConfigError(f"parallel.pp > 1 supports residual.kind prenorm, full or block without "
+                          f"residual.window, got residual.kind = {kind}"
+                          + (f", residual.window = {cfg.residual.window}" if cfg.residual.is_attnres else ""))
     m = par.pp_microbatches(batch)
     if m == 0:
         raise ConfigError(f"parallel.pp = {par.pp}, virtual_stages = 1: train.batch_size = "
@@ -344,23 +370,21 @@ def _check_pipeline(cfg: Config) -> None:
 
 
 def _check_read_variant(cfg: Config) -> None:
-    """The §13 read options combine only where they mean something (heads | d_model is checked
-    when the model is built, where d_model is known)."""
-    a = cfg.attnres
-    if a.window < 0:
-        raise ConfigError(f"attnres.window must be >= 0 (0 = no window), got {a.window}")
-    if cfg.residual.kind != "attnres":
+    """The Table-4 read options combine only where they mean something (heads | d_model is
+    checked when the model is built, where d_model is known)."""
+    r = cfg.residual
+    if not r.is_attnres:
         return
-    if a.window and a.mode != "full":
-        raise ConfigError(f"attnres.window = {a.window} applies only to attnres.mode = full")
-    if a.mixing == "static" and a.query != "static":
-        raise ConfigError("attnres.mixing = static has no query; attnres.query must stay static")
-    if a.mixing == "static" and a.heads != 1:
-        raise ConfigError("attnres.mixing = static has one logit per source; attnres.heads must be 1")
-    variant = (a.key_norm, a.kernel, a.query, a.mixing, a.window, a.heads) != \
+    if r.window and r.kind != "full":
+        raise ConfigError(f"residual.window = {r.window} applies only to residual.kind = full")
+    if r.mixing == "static" and r.query != "static":
+        raise ConfigError("residual.mixing = static has no query; residual.query must stay static")
+    if r.mixing == "static" and r.heads != 1:
+        raise ConfigError("residual.mixing = static has one logit per source; residual.heads must be 1")
+    variant = (r.key_norm, r.kernel, r.query, r.mixing, r.window, r.heads) != \
         ("rms_gain", "softmax", "static", "attention", 0, 1)
-    if variant and a.impl == "two_phase":
-        raise ConfigError("attnres.impl = two_phase supports only the default read; "
+    if variant and r.impl == "two_phase":
+        raise ConfigError("residual.impl = two_phase supports only the default read; "
                           "use recompute (variants fall back to plain autograd)")
 
 
@@ -370,6 +394,7 @@ def from_dict(data: dict[str, Any], where: str = "config") -> Config:
     """Build a Config from a nested dict; unknown sections/keys are one-line errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table of sections, got {type(data).__name__}")
+    data = upgrade_residual(data)
     sections = {}
     for f in dataclasses.fields(Config):
         sections[f.name] = _SECTION_TYPES[f.name]
@@ -381,6 +406,29 @@ def from_dict(data: dict[str, Any], where: str = "config") -> Config:
             raise ConfigError(f"{where}: section {name!r} must be a table, got {values!r}")
         kwargs[name] = _build_section(sections[name], values, f"{where}: {name}")
     return Config(**kwargs)
+
+
+def upgrade_residual(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before the one `residual` section (`residual.kind = attnres` plus an
+    `attnres` section with `mode`) still load, so older run folders resume and report."""
+    old = data.get("attnres")
+    residual = data.get("residual")
+    if not isinstance(old, dict) and not (isinstance(residual, dict)
+                                          and residual.get("kind") == "attnres"):
+        return data
+    data, old, residual = dict(data), dict(old or {}), dict(residual or {})
+    data.pop("attnres", None)
+    kind = residual.get("kind", "prenorm")
+    mode = old.pop("mode", "block")
+    if kind == "attnres":
+        kind = mode
+    if old.get("impl") == "reference":
+        old["impl"] = "naive"
+    if kind != "block" or old.get("num_blocks"):
+        old.pop("block_size", None)
+    residual.update(old, kind=kind)
+    data["residual"] = residual
+    return data
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None,

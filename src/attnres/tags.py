@@ -8,7 +8,7 @@ MUON = "muon"                      # 2-D hidden matrices, 3-D expert stacks (per
 ADAMW = "adamw"                    # embeddings, head, norm gains, conv filters (weight decay on)
 ADAMW_NO_DECAY = "adamw_no_decay"  # KDA A_log / dt_bias, DenseFormer / mHC mixing (weight decay 0)
 # AttnRes read parameters (pseudo-queries, key-norm gains, every read variant's parameters):
-# AdamW without weight decay at the global LR times `attnres.lr_mult` (docs/DESIGN.md).
+# AdamW without weight decay at the global LR times `residual.lr_mult` (docs/DESIGN.md).
 ATTNRES = "attnres"
 
 GROUPS = (MUON, ADAMW, ADAMW_NO_DECAY, ATTNRES)

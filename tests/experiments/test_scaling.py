@@ -12,6 +12,7 @@ from attnres import units
 from attnres.cli import main
 from attnres.config import ConfigError
 from attnres.experiments import report, scaling
+from attnres.experiments.plots import COLORS
 from attnres.models.dense import PRESETS
 from attnres.train import trainer as trainer_mod
 
@@ -38,9 +39,11 @@ def _args(corpus, tmp_path, out, *extra):
             "--set", "train.eval_batches=2", *extra]
 
 
-def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, capsys):
+@pytest.mark.slow
+def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, capsys, plot_colors,
+                                                        drawn_colors):
     out = tmp_path / "results" / "scaling"
-    code = main(_args(text_corpus, tmp_path, out, "--sizes", "3", "--seeds", "2", "--variants", "baseline,block"))
+    code = main(_args(text_corpus, tmp_path, out, "--sizes", "3", "--seeds", "2", "--residual", "prenorm,block"))
     assert code == 0
     files = sorted(out.rglob("seed-*.json"))
     assert len(files) == 3 * 2 * 2
@@ -53,7 +56,7 @@ def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, c
         assert r["compute_pfs_days"] == pytest.approx(r["compute_flops"] / 8.64e19)
         assert r["params_non_embedding_ar"] == r["params_compute"] - r["d_model"] * r["vocab_size"]
         assert r["tokens"] == r["steps"] * r["batch_size"] * r["seq_len"] and r["hardware"]
-    baseline = [json.loads(p.read_text()) for p in files if "baseline" in p.parts]
+    baseline = [json.loads(p.read_text()) for p in files if "prenorm" in p.parts]
     block = [json.loads(p.read_text()) for p in files if "block" in p.parts]
     assert {r["group"] for r in baseline} == {"d16-L1", "d32-L2", "d48-L3"}
     # paired arms share the token budget; Block adds exactly 2d(L+1) parameters
@@ -62,19 +65,20 @@ def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, c
         assert v["tokens"] == b["tokens"]
         assert v["params"] - b["params"] == 2 * b["d_model"] * (b["n_sublayers"] + 1)
     summary = json.loads((out / "summary.json").read_text())["scaling"]
-    for arm in ("baseline", "block"):
+    for arm in ("prenorm", "block"):
         assert summary["fits"][arm]["A"] > 0 and len(summary["fits"][arm]["C"]) == 3
     adv = summary["advantage"]["block"]
     assert adv["multiplier"] > 0 and adv["bootstrap"]["low"] <= adv["bootstrap"]["high"]
-    assert (out / "scaling.png").stat().st_size > 1000
+    counts = plot_colors(out / "scaling.png", COLORS["prenorm"], COLORS["block"])
+    assert all(n > 20 for n in counts.values()), counts
     # depth analyses of the largest size: per-arm statistics over both seeds, and their plots
     depth = summary["depth"]
-    assert depth["group"] == "d48-L3" and set(depth["arms"]) == {"baseline", "block"}
+    assert depth["group"] == "d48-L3" and set(depth["arms"]) == {"prenorm", "block"}
     assert depth["arms"]["block"]["seeds"] == [0, 1] and len(depth["arms"]["block"]["locality"]) == 2
-    assert depth["arms"]["baseline"]["locality"] == [None, None]
+    assert depth["arms"]["prenorm"]["locality"] == [None, None]
     for name in ("depth_profiles_d48-L3.png", "depth_attention_d48-L3_block.png"):
-        assert (out / name).stat().st_size > 1000, name
-    assert not (out / "depth_attention_d48-L3_baseline.png").exists()
+        assert drawn_colors(out / name) > 50, name
+    assert not (out / "depth_attention_d48-L3_prenorm.png").exists()
     printed = capsys.readouterr().out
     assert "| d48-L3 | block |" in printed and "Compute advantage" in printed
 
@@ -86,14 +90,15 @@ def test_quick_sweep_writes_results_fit_plot_and_report(tmp_path, text_corpus, c
     assert capsys.readouterr().out.strip() == before.strip()
     assert (out / "report.md").read_text() == before
     assert main(["report", str(tmp_path / "results")]) == 0  # found from a parent folder too
-    assert "| d16-L1 | baseline | 0,1 |" in capsys.readouterr().out
+    assert "| d16-L1 | prenorm | 0,1 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch, request):
     """Kill the sweep inside its last run; the re-run trains that run alone, from its last
     checkpoint, to the result of an uninterrupted run. A deleted result re-trains only itself."""
     out = tmp_path / "out"
-    extra = ("--sizes", "2", "--seeds", "1", "--variants", "baseline,block")
+    extra = ("--sizes", "2", "--seeds", "1", "--residual", "prenorm,block")
     real_step = trainer_mod.Trainer.train_step
 
     def dying_step(self):  # dies in the 5th step of the last run (checkpointed every step)
@@ -119,13 +124,13 @@ def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch, request)
     # the same run, uninterrupted, in fresh folders
     ref_out = tmp_path / "ref"
     assert main(_args(text_corpus, tmp_path / "ref-runs", ref_out, "--sizes", "2", "--seeds", "1",
-                      "--variants", "block")) == 0
+                      "--residual", "block")) == 0
     reference = json.loads((ref_out / "d32-L2" / "block" / "seed-0.json").read_text())
     assert resumed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-6)
 
     # a deleted result of a finished run is collected again from its run folder, not retrained
     trained.clear()
-    victim = out / "d16-L1" / "baseline" / "seed-0.json"
+    victim = out / "d16-L1" / "prenorm" / "seed-0.json"
     old = json.loads(victim.read_text())
     victim.unlink()
     assert main(_args(text_corpus, tmp_path, out, *extra)) == 0
@@ -134,10 +139,11 @@ def test_sweep_resumes_after_a_kill(tmp_path, text_corpus, monkeypatch, request)
     assert {k: v for k, v in new.items() if k != "finished_at"} == {k: v for k, v in old.items() if k != "finished_at"}
 
 
+@pytest.mark.slow
 def test_workers_train_side_by_side_to_the_same_results(tmp_path, text_corpus):
     """--workers 2 trains each run in its own one-thread process; the results are those of
     in-process training, up to the float reordering of another thread count."""
-    extra = ("--sizes", "2", "--seeds", "1", "--variants", "baseline,block")
+    extra = ("--sizes", "2", "--seeds", "1", "--residual", "prenorm,block")
     assert main(_args(text_corpus, tmp_path / "a", tmp_path / "serial", *extra)) == 0
     assert main(_args(text_corpus, tmp_path / "b", tmp_path / "side", *extra, "--workers", "2")) == 0
     serial = {p.relative_to(tmp_path / "serial"): json.loads(p.read_text())
@@ -157,9 +163,10 @@ def test_bad_worker_counts_are_refused():
         scaling.run_jobs([], in_process=True, workers=2)
 
 
+@pytest.mark.slow
 def test_changed_settings_are_refused(tmp_path, text_corpus, capsys):
     out = tmp_path / "out"
-    extra = ("--sizes", "2", "--seeds", "1", "--variants", "baseline")
+    extra = ("--sizes", "2", "--seeds", "1", "--residual", "prenorm")
     assert main(_args(text_corpus, tmp_path, out, *extra)) == 0
     capsys.readouterr()
     assert main(_args(text_corpus, tmp_path, out, *extra, "--tokens-per-param", "0.1")) == 2
@@ -176,16 +183,16 @@ def _fake_run(root, group, arm, seed, loss):
 
 def test_report_builds_generic_mean_sd_tables(tmp_path, capsys):
     for seed, (b, v) in enumerate([(2.0, 1.9), (2.2, 2.0)]):
-        _fake_run(tmp_path, "base", "baseline", seed, b)
+        _fake_run(tmp_path, "base", "prenorm", seed, b)
         _fake_run(tmp_path, "base", "sigmoid", seed, v)
     (tmp_path / "ablate" / "summary.json").write_text("{}")  # not a per-run file: ignored
     runs = report.load_runs(tmp_path)
-    assert [(r["arm"], r["seed"]) for r in runs] == [("baseline", 0), ("baseline", 1), ("sigmoid", 0), ("sigmoid", 1)]
+    assert [(r["arm"], r["seed"]) for r in runs] == [("prenorm", 0), ("prenorm", 1), ("sigmoid", 0), ("sigmoid", 1)]
     assert report.paired_deltas(runs)[("ablate", "base", "sigmoid")] == pytest.approx([-0.1, -0.2])
     assert main(["report", str(tmp_path), "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "## Experiment `ablate`" in out
-    assert "| base | baseline | 0,1 | 2.1000 ± 0.1414 | — |" in out
+    assert "| base | prenorm | 0,1 | 2.1000 ± 0.1414 | — |" in out
     assert "| base | sigmoid | 0,1 | 1.9500 ± 0.0707 | -0.1500 ± 0.0707 |" in out
     assert not (tmp_path / "report.md").exists()
     assert main(["report", str(tmp_path / "missing")]) == 2

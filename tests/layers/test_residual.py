@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from attnres import units
+from attnres.config import ResidualConfig
 from attnres.layers.residual import AttnResStream, DepthRead, PreNormStream, Residual
 
 D = 4
@@ -134,13 +135,13 @@ def test_read_parameters_are_fp32_zero_and_one_and_draw_no_random_numbers():
 
 
 def test_prenorm_has_no_reads_and_rejects_unknown_kinds():
-    assert Residual("prenorm").make_read(8) is None
+    assert Residual(ResidualConfig("prenorm")).make_read(8) is None
     with pytest.raises(ValueError, match="residual kind"):
-        Residual("dense")
+        Residual(ResidualConfig("dense"))
 
 
 def test_stream_sources_are_held_in_the_state_dtype():
-    res = Residual("block", block_size=2)
+    res = Residual(ResidualConfig("block", block_size=2))
     reads = [res.make_read(D) for _ in range(3)]
     stream = res.stream(torch.randn(1, D, dtype=torch.bfloat16), reads)
     assert stream.sources()[0].dtype == torch.float32

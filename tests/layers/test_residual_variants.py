@@ -17,7 +17,7 @@ import torch
 
 import attnres.ops.attnres as op
 from attnres import config, tags
-from attnres.config import ConfigError
+from attnres.config import ConfigError, ResidualConfig
 from attnres.layers.depth_variants import ReadOptions, VariantRead, num_sources, plain_depth_read
 from attnres.layers.residual import (AttnResStream, DenseFormerStream, DepthRead, DepthRecord,
                                      Residual)
@@ -28,17 +28,17 @@ from attnres.train.build import build_model
 # name -> DenseConfig overrides (tiny preset: d = 64, 4 layers = 8 sublayers)
 VARIANTS = {
     "full": dict(residual="full"),
-    "full-input-query": dict(residual="full", attnres_query="input_dependent"),
-    "full-static-mixing": dict(residual="full", attnres_mixing="static"),
-    "full-sigmoid": dict(residual="full", attnres_kernel="sigmoid"),
-    "full-no-key-norm": dict(residual="full", attnres_key_norm="none"),
-    "full-rms-no-gain": dict(residual="full", attnres_key_norm="rms"),
-    "full-swa": dict(residual="full", attnres_window=2),
-    "block-multihead": dict(residual="block", attnres_heads=16),
-    "block-input-query": dict(residual="block", attnres_query="input_dependent"),
-    "block-static-mixing": dict(residual="block", attnres_mixing="static"),
-    "block-sigmoid": dict(residual="block", attnres_kernel="sigmoid"),
-    "block-no-key-norm": dict(residual="block", attnres_key_norm="none"),
+    "full-input-query": dict(residual="full", query="input_dependent"),
+    "full-static-mixing": dict(residual="full", mixing="static"),
+    "full-sigmoid": dict(residual="full", kernel="sigmoid"),
+    "full-no-key-norm": dict(residual="full", key_norm="none"),
+    "full-rms-no-gain": dict(residual="full", key_norm="rms"),
+    "full-swa": dict(residual="full", window=2),
+    "block-multihead": dict(residual="block", heads=16),
+    "block-input-query": dict(residual="block", query="input_dependent"),
+    "block-static-mixing": dict(residual="block", mixing="static"),
+    "block-sigmoid": dict(residual="block", kernel="sigmoid"),
+    "block-no-key-norm": dict(residual="block", key_norm="none"),
     "denseformer": dict(residual="denseformer"),
     "mhc": dict(residual="mhc"),
 }
@@ -50,9 +50,12 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def build(seed=0, **kw):
+def build(seed=0, residual="prenorm", **kw):
+    """The tiny dense model; keyword arguments that name ResidualConfig fields go there."""
     torch.manual_seed(seed)
-    return DenseLM(dense_config("tiny", **kw))
+    fields = ResidualConfig.__dataclass_fields__
+    res = ResidualConfig(residual, **{k: kw.pop(k) for k in list(kw) if k in fields})
+    return DenseLM(dense_config("tiny", residual=res, **kw))
 
 
 def is_residual_param(name):
@@ -88,7 +91,7 @@ def test_forward_backward_reaches_every_variant_parameter(name):
     loss.backward()
     params = residual_params(model)
     assert params, name
-    softmax_attnres = kw["residual"] in ("full", "block") and "attnres_kernel" not in kw
+    softmax_attnres = kw["residual"] in ("full", "block") and "kernel" not in kw
     for n, p in params.items():
         # AttnRes reads train at the read LR; DenseFormer / mHC mixing at the global LR
         group = tags.ATTNRES if kw["residual"] in ("full", "block") else tags.ADAMW_NO_DECAY
@@ -126,7 +129,7 @@ def test_swa_differs_from_the_baseline_at_init():
     base = build(residual="prenorm", **kw).double()(idx)
     assert rel(build(**VARIANTS["full-swa"], **kw).double()(idx), base) > 1e-6
     # a window wider than the depth sees every source: the baseline again
-    wide = build(residual="full", attnres_window=8, **kw).double()(idx)
+    wide = build(residual="full", window=8, **kw).double()(idx)
     assert rel(wide, base) < 1e-10
 
 
@@ -140,14 +143,14 @@ def test_parameter_counts():
     d, L, Lb = 64, 8, 4
     count = lambda **kw: sum(p.numel() for p in residual_params(build(**kw)).values())  # noqa: E731
     assert count(residual="full") == 2 * d * (L + 1)                        # I12
-    assert count(residual="block", attnres_heads=16) == 2 * d * (L + 1)     # multihead: unchanged
-    assert count(residual="full", attnres_kernel="sigmoid") == 2 * d * (L + 1)
-    assert count(residual="full", attnres_key_norm="rms") == d * (L + 1)    # no gain
-    assert count(residual="block", attnres_key_norm="none") == d * (L + 1)
-    assert count(residual="full", attnres_query="input_dependent") == (d * d + 2 * d) * (L + 1)
-    assert count(residual="full", attnres_mixing="static") == sum(range(1, L + 1)) + L + 1
-    assert count(residual="block", attnres_mixing="static") == 1 + 2 * 4 + 3 * 3 + 3  # §5, S = 4
-    assert count(residual="full", attnres_mixing="static", attnres_window=2) == \
+    assert count(residual="block", heads=16) == 2 * d * (L + 1)     # multihead: unchanged
+    assert count(residual="full", kernel="sigmoid") == 2 * d * (L + 1)
+    assert count(residual="full", key_norm="rms") == d * (L + 1)    # no gain
+    assert count(residual="block", key_norm="none") == d * (L + 1)
+    assert count(residual="full", query="input_dependent") == (d * d + 2 * d) * (L + 1)
+    assert count(residual="full", mixing="static") == sum(range(1, L + 1)) + L + 1
+    assert count(residual="block", mixing="static") == 1 + 2 * 4 + 3 * 3 + 3  # §5, S = 4
+    assert count(residual="full", mixing="static", window=2) == \
         sum(min(l, 3) for l in range(1, L + 1)) + 3
     assert count(residual="denseformer") == sum(j + 1 for j in range(1, Lb + 1))
     assert count(residual="prenorm") == 0
@@ -158,7 +161,7 @@ def test_static_mixing_sizes_follow_the_worked_example():
     assert [num_sources(r, 8, 4) for r in range(9)] == [1, 2, 2, 2, 2, 3, 3, 3, 3]
     assert [num_sources(r, 8, 1) for r in range(9)] == list(range(1, 10))
     assert [num_sources(r, 8, 1, window=2) for r in range(9)] == [1, 2, 3, 3, 3, 3, 3, 3, 3]
-    model = build(residual="block", attnres_mixing="static")
+    model = build(residual="block", mixing="static")
     sizes = [r.logits.shape[0] for r in model.reads()]
     assert sizes == [1, 2, 2, 2, 2, 3, 3, 3, 3]
 
@@ -173,16 +176,16 @@ def test_default_options_keep_the_plain_read_and_the_recompute_op(monkeypatch):
     recompute = op.IMPLS["recompute"]
     monkeypatch.setitem(op.IMPLS, "recompute", counting)
     idx = torch.randint(0, 256, (2, 8))
-    for kw in (dict(residual="block"), dict(residual="full"), dict(residual="full", attnres_window=2),
-               dict(residual="full", attnres_key_norm="rms")):
+    for kw in (dict(residual="block"), dict(residual="full"), dict(residual="full", window=2),
+               dict(residual="full", key_norm="rms")):
         model = build(**kw)
-        if "attnres_key_norm" not in kw:
+        if "key_norm" not in kw:
             assert all(type(r) is DepthRead for r in model.reads()), kw
         calls.clear()
         model(idx)
         assert len(calls) == model.cfg.n_sublayers + 1, kw
     calls.clear()
-    build(residual="full", attnres_kernel="sigmoid")(idx)  # a variant the op does not cover
+    build(residual="full", kernel="sigmoid")(idx)  # a variant the op does not cover
     assert calls == []
 
 
@@ -212,7 +215,7 @@ def test_analysis_records_depth_weights(name):
     assert sorted(record.weights) == list(range(L + 1))
     for r in range(L + 1):  # mean weight per source at init: σ(0) for sigmoid, else uniform
         n = num_sources(r, L, S)
-        want = 0.5 if model.cfg.attnres_kernel == "sigmoid" else 1 / n
+        want = 0.5 if model.cfg.residual.kernel == "sigmoid" else 1 / n
         torch.testing.assert_close(record.weights[r], torch.full((n,), want))
 
 
@@ -332,12 +335,12 @@ def test_swa_source_lists_are_the_embedding_and_the_last_w_outputs():
         want = [e] + outs[max(0, read - W):read]
         assert len(log[read]) == len(want) and all(a is b for a, b in zip(log[read], want)), read
     with pytest.raises(ValueError, match="Full"):
-        Residual("block", block_size=2, options=ReadOptions(window=2))
+        Residual(ResidualConfig("block", block_size=2, window=2))
 
 
 def test_denseformer_mixes_the_layer_outputs_at_every_layer_boundary():
     L = 6
-    res = Residual("denseformer", n_sublayers=L)
+    res = Residual(ResidualConfig("denseformer"), n_sublayers=L)
     mixes = [res.make_read(D, s) for s in range(L + 1)]
     # a mix before layers 2 and 3 (sublayers 2, 4) and the final one, over 2, 3 and 4 outputs
     assert [type(m).__name__ for m in mixes[1::2]] == ["NoneType"] * 3
@@ -362,7 +365,7 @@ def test_denseformer_mixes_the_layer_outputs_at_every_layer_boundary():
 
 
 def test_mhc_keeps_four_streams_and_sums_them_at_the_end():
-    res = Residual("mhc", n_sublayers=2)
+    res = Residual(ResidualConfig("mhc"), n_sublayers=2)
     reads = [res.make_read(D, s) for s in range(3)]
     assert reads[-1] is None and all(r.n_streams == 4 for r in reads[:2])
     e = torch.randn(2, 5, D)
@@ -375,13 +378,12 @@ def test_mhc_keeps_four_streams_and_sums_them_at_the_end():
 
 
 @pytest.mark.parametrize("kind,options", [
-    ("full", ReadOptions(query="input_dependent")), ("block", ReadOptions(mixing="static")),
-    ("block", ReadOptions(heads=4, key_norm="rms")), ("denseformer", ReadOptions()),
-    ("mhc", ReadOptions())])
+    ("full", dict(query="input_dependent")), ("block", dict(mixing="static")),
+    ("block", dict(heads=4, key_norm="rms")), ("denseformer", {}), ("mhc", {})])
 def test_read_modules_draw_no_random_numbers(kind, options):
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    res = Residual(kind, block_size=4, options=options, n_sublayers=8)
+    res = Residual(ResidualConfig(kind, **options), n_sublayers=8)
     reads = [res.make_read(16, s) for s in range(9)]
     assert torch.equal(torch.get_rng_state(), before)
     assert any(r is not None for r in reads)
@@ -390,13 +392,13 @@ def test_read_modules_draw_no_random_numbers(kind, options):
 # --- config -> model ----------------------------------------------------------------------
 
 CONFIG_VARIANTS = {
-    "input-query": ["residual.kind=attnres", "attnres.mode=full", "attnres.query=input_dependent"],
-    "static-mixing": ["residual.kind=attnres", "attnres.mixing=static"],
-    "sigmoid": ["residual.kind=attnres", "attnres.kernel=sigmoid"],
-    "no-key-norm": ["residual.kind=attnres", "attnres.key_norm=none"],
-    "rms": ["residual.kind=attnres", "attnres.key_norm=rms"],
-    "swa": ["residual.kind=attnres", "attnres.mode=full", "attnres.window=8"],
-    "multihead": ["residual.kind=attnres", "attnres.heads=16"],
+    "input-query": ["residual.kind=full", "residual.query=input_dependent"],
+    "static-mixing": ["residual.kind=block", "residual.mixing=static"],
+    "sigmoid": ["residual.kind=block", "residual.kernel=sigmoid"],
+    "no-key-norm": ["residual.kind=block", "residual.key_norm=none"],
+    "rms": ["residual.kind=block", "residual.key_norm=rms"],
+    "swa": ["residual.kind=full", "residual.window=8"],
+    "multihead": ["residual.kind=block", "residual.heads=16"],
     "denseformer": ["residual.kind=denseformer"],
     "mhc": ["residual.kind=mhc"],
 }
@@ -406,29 +408,29 @@ CONFIG_VARIANTS = {
 def test_every_variant_builds_from_the_config(name):
     cfg = config.load(overrides=["model.preset=tiny", "model.n_layers=2", *CONFIG_VARIANTS[name]])
     model = build_model(cfg, vocab_size=64)
-    a, m = cfg.attnres, model.cfg
-    if cfg.residual.kind == "attnres":
-        assert m.residual == a.mode
-        assert (m.attnres_query, m.attnres_mixing, m.attnres_kernel, m.attnres_key_norm,
-                m.attnres_window, m.attnres_heads) == (a.query, a.mixing, a.kernel, a.key_norm,
-                                                       a.window, a.heads)
-    else:
-        assert m.residual == cfg.residual.kind
+    # the model carries the config's residual section unchanged, and its reads follow it
+    assert model.cfg.residual == cfg.residual
+    assert model.residual.kind == cfg.residual.kind
+    if cfg.residual.is_attnres:
+        r, o = cfg.residual, model.residual.options
+        assert (o.query, o.mixing, o.kernel, o.key_norm, o.window or 0, o.heads) == \
+            (r.query, r.mixing, r.kernel, r.key_norm, r.window, r.heads)
     logits, loss = model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
     loss.backward()
     assert torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["residual.kind=attnres", "attnres.window=4"], "attnres.window = 4 applies only to"),
-    (["attnres.window=-1"], "attnres.window must be >= 0"),
-    (["residual.kind=attnres", "attnres.mixing=static", "attnres.query=input_dependent"],
+    (["residual.kind=block", "residual.window=4"], "residual.window = 4 applies only to"),
+    (["residual.window=-1"], "residual.window must be >= 0"),
+    (["residual.kind=block", "residual.mixing=static", "residual.query=input_dependent"],
      "has no query"),
-    (["residual.kind=attnres", "attnres.mixing=static", "attnres.heads=2"], "heads must be 1"),
-    (["residual.kind=attnres", "attnres.kernel=sigmoid", "attnres.impl=two_phase"], "two_phase"),
-    (["attnres.kernel=relu"], "attnres.kernel = 'relu' is not one of"),
-    (["attnres.heads=0"], "attnres.heads must be >= 1"),
+    (["residual.kind=block", "residual.mixing=static", "residual.heads=2"], "heads must be 1"),
+    (["residual.kind=block", "residual.kernel=sigmoid", "residual.impl=two_phase"], "two_phase"),
+    (["residual.kernel=relu"], "residual.kernel = 'relu' is not one of"),
+    (["residual.heads=0"], "residual.heads must be >= 1"),
     (["residual.kind=hyper"], "residual.kind = 'hyper' is not one of"),
+    (["residual.kind=block", "residual.block_size=2", "residual.num_blocks=4"], "give one of them"),
 ])
 def test_bad_variant_configs_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -437,6 +439,6 @@ def test_bad_variant_configs_are_one_line_errors(overrides, message):
 
 
 def test_heads_must_divide_d_model_at_build():
-    cfg = config.load(overrides=["model.preset=tiny", "residual.kind=attnres", "attnres.heads=3"])
-    with pytest.raises(ConfigError, match="heads 3 do not divide d_model 64"):
+    cfg = config.load(overrides=["model.preset=tiny", "residual.kind=block", "residual.heads=3"])
+    with pytest.raises(ConfigError, match="heads = 3 does not divide d_model 64"):
         build_model(cfg, vocab_size=64)

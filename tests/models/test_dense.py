@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from attnres.config import ResidualConfig
 from attnres.models.dense import DenseLM, dense_config
 
 
@@ -11,8 +12,11 @@ def rel(a, b):
 
 
 def build(residual, seed=0, **kw):
+    """The tiny dense model; keyword arguments that name ResidualConfig fields go there."""
     torch.manual_seed(seed)
-    return DenseLM(dense_config("tiny", residual=residual, **kw))
+    fields = ResidualConfig.__dataclass_fields__
+    res = ResidualConfig(residual, **{k: kw.pop(k) for k in list(kw) if k in fields})
+    return DenseLM(dense_config("tiny", residual=res, **kw))
 
 
 def backbone_state(model):
@@ -43,7 +47,7 @@ def test_two_phase_and_naive_models_match_recompute(residual, S):
     idx = torch.randint(0, 256, (2, 16))
     results = {}
     for impl in ("recompute", "two_phase", "naive"):
-        model = build(residual, block_size=S, attnres_impl=impl, two_phase_group=3).double()
+        model = build(residual, block_size=S, impl=impl, two_phase_group=3).double()
         with torch.no_grad():  # non-zero queries so the softmax is not uniform
             for p in model.parameters():
                 if p.dim() == 1 and p.shape[0] == model.cfg.d_model:

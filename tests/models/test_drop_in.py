@@ -11,17 +11,18 @@ import pytest
 import torch
 
 from attnres import config
+from attnres.config import ResidualConfig
 from attnres.layers.residual import Residual
 from attnres.train.build import build_model
 
 BACKBONES = ("dense", "kimi-linear")
 BLOCK_SIZES = (1, 2, 3, 4, 5, 8, 9)   # L = 8: 3 and 5 leave a short last block, 9 > L
 VARIANTS = {                          # read variants that start exactly as a multiple of h_l
-    "input-query": ["attnres.query=input_dependent"],
-    "static-mixing": ["attnres.mixing=static"],
-    "sigmoid": ["attnres.kernel=sigmoid"],
-    "no-key-norm": ["attnres.key_norm=none"],
-    "multihead": ["attnres.heads=4"],
+    "input-query": ["residual.query=input_dependent"],
+    "static-mixing": ["residual.mixing=static"],
+    "sigmoid": ["residual.kernel=sigmoid"],
+    "no-key-norm": ["residual.key_norm=none"],
+    "multihead": ["residual.heads=4"],
 }
 
 
@@ -32,11 +33,9 @@ def rel(a, b):
 def model_for(backbone, residual, block_size=4, extra=()):
     """The shipped default config (norm ε 1e-5, key ε 1e-6, init std 0.02) of `backbone`;
     kimi-linear with dense FFNs, so that rounding cannot flip a top-k routing choice."""
-    overrides = [f"model.backbone={backbone}", f"attnres.block_size={block_size}", *extra]
-    if residual == "prenorm":
-        overrides.append("residual.kind=prenorm")
-    else:
-        overrides += ["residual.kind=attnres", f"attnres.mode={residual}"]
+    overrides = [f"model.backbone={backbone}", f"residual.kind={residual}", *extra]
+    if residual == "block":
+        overrides.append(f"residual.block_size={block_size}")
     if backbone == "kimi-linear":
         overrides.append("model.first_k_dense=4")
     return build_model(config.load(overrides=overrides), vocab_size=256).eval()
@@ -102,7 +101,7 @@ def test_without_the_scaled_eps_the_drop_in_breaks(monkeypatch):
 
 def test_norm_eps_is_eps_over_n_squared_per_read():
     """L = 8, S = 4: the reads see 1, 2, 2, 2, 2, 3, 3, 3 sources and the final read 3."""
-    r = Residual("block", block_size=4, n_sublayers=8)
+    r = Residual(ResidualConfig("block", block_size=4), n_sublayers=8)
     assert [r.norm_eps(s, 1.0) for s in range(9)] == [1, 1 / 4, 1 / 4, 1 / 4, 1 / 4, 1 / 9, 1 / 9, 1 / 9, 1 / 9]
-    assert Residual("prenorm").norm_eps(3, 1e-5) == 1e-5
-    assert Residual("full", n_sublayers=8).norm_eps(8, 1.0) == 1 / 81
+    assert Residual(ResidualConfig("prenorm")).norm_eps(3, 1e-5) == 1e-5
+    assert Residual(ResidualConfig("full"), n_sublayers=8).norm_eps(8, 1.0) == 1 / 81

@@ -7,6 +7,7 @@ from attnres.layers.kda import KimiDeltaAttention
 from attnres.layers.mla import MultiHeadLatentAttention
 from attnres.layers.mlp import SwiGLU
 from attnres.layers.moe import MoE
+from attnres.config import ResidualConfig
 from attnres.models.kimi_linear import KimiLinearLM, kimi_linear_config
 
 
@@ -17,7 +18,9 @@ def rel(a, b):
 def build(residual="prenorm", seed=0, **kw):
     torch.manual_seed(seed)
     kw.setdefault("vocab_size", 64)
-    return KimiLinearLM(kimi_linear_config("tiny", residual=residual, **kw))
+    fields = ResidualConfig.__dataclass_fields__
+    res = ResidualConfig(residual, **{k: kw.pop(k) for k in list(kw) if k in fields})
+    return KimiLinearLM(kimi_linear_config("tiny", residual=res, **kw))
 
 
 def test_layout_is_3_to_1_with_the_last_layer_mla_and_the_first_ffn_dense():

@@ -308,8 +308,8 @@ def test_merged_group_saves_only_source_references():
 
 
 def test_impls_table():
-    assert set(IMPLS) == {"naive", "reference", "recompute", "two_phase"}
-    assert IMPLS["reference"] is naive_depth_attention
+    assert set(IMPLS) == {"naive", "recompute", "two_phase"}
+    assert IMPLS["naive"] is naive_depth_attention
     assert IMPLS["recompute"] is recompute_depth_attention
     assert IMPLS["two_phase"] is two_phase_depth_attention
 

@@ -33,7 +33,7 @@ from two_ranks import final_state, launch, rel, train_records
 STEPS, SPLIT = 5, 2
 MODEL = ["model.backbone=kimi-linear", "model.preset=tiny", "model.n_layers=2", "model.d_model=32",
          "model.layer_pattern=KM", "model.n_experts=4", "model.top_k=2", "model.first_k_dense=0",
-         "residual.kind=attnres", "attnres.block_size=2", "optim.qk_clip_tau=0.034",
+         "residual.kind=block", "residual.block_size=2", "optim.qk_clip_tau=0.034",
          f"train.steps={STEPS}"]
 JOBS = {  # name: (extra overrides, stop and resume at step)
     "dp": (["parallel.mode=dp"], None),

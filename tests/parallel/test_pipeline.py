@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from attnres import units
+from attnres.config import ResidualConfig
 from attnres.models.dense import DenseLM, dense_config
 from attnres.models.kimi_linear import KimiLinearLM, kimi_linear_config
 from attnres.parallel import aligned_counts, pp_plan
@@ -49,7 +50,7 @@ CASES = {
 def make_model(n_layers, residual, block_size, dtype=torch.float64, backbone="dense"):
     torch.manual_seed(0)
     shape = dict(n_layers=n_layers, d_model=16, vocab_size=VOCAB, max_seq_len=T,
-                 residual=residual, block_size=block_size)
+                 residual=ResidualConfig(residual, block_size=block_size if residual == "block" else 0))
     if backbone == "kimi":
         cfg = kimi_linear_config("tiny", **shape, kda_heads=2, kda_head_dim=8, gate_rank=4,
                                  chunk_size=8, mla_heads=2, d_nope=8, d_rope=4, d_v=8,
@@ -205,6 +206,6 @@ def test_headers_carry_the_partial_only_when_a_block_is_open():
 def test_unsupported_residuals_are_refused():
     torch.manual_seed(0)
     cfg = dense_config("tiny", n_layers=2, d_model=16, n_heads=2, n_kv_heads=1, d_ff=32,
-                       vocab_size=VOCAB, residual="denseformer")
+                       vocab_size=VOCAB, residual=ResidualConfig("denseformer"))
     with pytest.raises(ValueError, match="not supported"):
         split_stages(DenseLM(cfg), 2, 1)

@@ -29,7 +29,7 @@ from two_ranks import final_state, free_port, launch, rel, train_records
 STEPS, SPLIT = 3, 2
 MODEL = ["model.backbone=kimi-linear", "model.preset=tiny", "model.n_layers=3",
          "model.d_model=32", "model.layer_pattern=KM", "model.n_experts=4", "model.top_k=2",
-         "model.first_k_dense=0", "residual.kind=attnres", "attnres.block_size=2",
+         "model.first_k_dense=0", "residual.kind=block", "residual.block_size=2",
          "optim.qk_clip_tau=0.034", f"train.steps={STEPS}"]
 PP = ["parallel.pp=2", "parallel.virtual_stages=2"]
 

@@ -21,7 +21,7 @@ def losses(run_dir):
 
 
 @pytest.mark.parametrize("residual", [["residual.kind=prenorm"],
-                                      ["residual.kind=attnres", "attnres.block_size=2"]])
+                                      ["residual.kind=block", "residual.block_size=2"]])
 def test_resume_continues_bitwise_the_same_trajectory(tiny_overrides, tmp_path, residual):
     n, k = 6, 3
     straight = tmp_path / "straight"
@@ -87,7 +87,7 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(tiny_overrides, tmp
 def test_a_run_writes_metrics_result_analysis_and_learns(tiny_overrides, tmp_path):
     run = tmp_path / "run"
     cfg = make_cfg(tiny_overrides, "train.steps=30", "train.analysis=true", "train.eval_every=15",
-                   "residual.kind=attnres", "attnres.mode=full")
+                   "residual.kind=full")
     result = Trainer(cfg, run_dir=run).train()
     records = read_metrics(run / "metrics.jsonl")
     kinds = {r["kind"] for r in records}

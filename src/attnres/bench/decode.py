@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from attnres.config import ResidualConfig
 from attnres.models.dense import DenseLM, dense_config
 from attnres.models.kimi_linear import KimiLinearLM, kimi_linear_config
 
@@ -33,7 +34,7 @@ def run_decode_bench(contexts=(256, 2048, 8192), preset: str = "tiny", new_token
     rows = []
     for backbone, (model_cls, make_cfg) in BUILDERS.items():
         torch.manual_seed(0)
-        cfg = make_cfg(preset, residual=residual, block_size=4,
+        cfg = make_cfg(preset, residual=ResidualConfig(residual),
                        max_seq_len=max(contexts) + new_tokens)
         model = model_cls(cfg).to(device).eval()
         for ctx in contexts:

@@ -13,11 +13,11 @@ import time
 import torch
 
 from attnres.bench.memory import measure_peak
+from attnres.config import ResidualConfig
 from attnres.models.dense import DenseLM, dense_config
 from attnres.optim import build_optimizer
 
-VARIANTS = {"baseline": dict(residual="prenorm"), "block": dict(residual="block"),
-            "full": dict(residual="full")}
+VARIANTS = ("prenorm", "block", "full")
 
 
 def _sync(device: torch.device) -> None:
@@ -25,7 +25,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_step_bench(preset: str = "small", variants=("baseline", "block", "full"), block_size: int = 4,
+def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4,
                    batch: int = 8, seq: int | None = None, repeats: int = 10, warmup: int = 2,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                    impl: str = "recompute", quick: bool = False) -> list[dict]:
@@ -36,7 +36,8 @@ def run_step_bench(preset: str = "small", variants=("baseline", "block", "full")
     steps = {}
     for name in variants:
         torch.manual_seed(0)
-        cfg = dense_config(preset, block_size=block_size, attnres_impl=impl, **VARIANTS[name])
+        residual = ResidualConfig(name, block_size=block_size if name == "block" else 0, impl=impl)
+        cfg = dense_config(preset, residual=residual)
         model = DenseLM(cfg).to(device)
         opt = build_optimizer(model, lr=1e-3)
         T = seq or cfg.max_seq_len
@@ -77,7 +78,7 @@ def run_step_bench(preset: str = "small", variants=("baseline", "block", "full")
 
 
 def format_step_table(rows: list[dict]) -> str:
-    base = next((r for r in rows if r["variant"] == "baseline"), None)
+    base = next((r for r in rows if r["variant"] == "prenorm"), None)
     lines = ["| variant | params | step ms (IQR) | time / baseline | peak MiB | memory / baseline |",
              "|:---|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -35,47 +35,34 @@ from pathlib import Path
 from typing import Any
 
 from attnres import units
-from attnres.config import Config, ConfigError
+from attnres.config import Config, ConfigError, ResidualConfig
 from attnres.data import prepare_data
-from attnres.experiments import compare, report, scaling
-from attnres.train.build import build_model, residual_name
+from attnres.experiments import compare, paper, report, scaling
+from attnres.train.build import build_model
 
 EXPERIMENTS = ("ablate", "sweep")
-FULL = ["residual.kind=attnres", "attnres.mode=full"]
-BLOCK = ["residual.kind=attnres", "attnres.mode=block", "attnres.block_size=4"]
 DEPTH_HEADS = 16    # H of the multihead row; the nearest divisor of d_model is used
 SWA_WINDOW = 8      # W of the SWA row: the embedding plus the 8 most recent outputs
 SWEEP_SIZES = (1, 2, 4, 8, 16, 32)
-
-
-@dataclass(frozen=True)
-class Variant:
-    label: str                  # the Table-4 row
-    overrides: tuple[str, ...]  # config overrides on top of the shared backbone
-    paper: float                # [AR] Table 4 val loss (targets.md A3)
-
+FULL = ResidualConfig("full")
+BLOCK = ResidualConfig("block", block_size=4)
 
 # Table 4 in the paper's order of sections: baseline, Full and its ablations, Block and its
-# ablations, the other residual mechanisms. "{heads}" is filled with the nearest divisor of d.
-VARIANTS: dict[str, Variant] = {
-    "baseline": Variant("Baseline (PreNorm)", ("residual.kind=prenorm",), 1.766),
-    "full": Variant("AttnRes Full", (*FULL,), 1.737),
-    "full-input-query": Variant("Full w/ input-dependent query",
-                                (*FULL, "attnres.query=input_dependent"), 1.731),
-    "full-static-mixing": Variant("Full w/ input-independent mixing",
-                                  (*FULL, "attnres.mixing=static"), 1.749),
-    "full-sigmoid": Variant("Full w/ sigmoid", (*FULL, "attnres.kernel=sigmoid"), 1.741),
-    "full-no-key-norm": Variant("Full w/o RMSNorm", (*FULL, "attnres.key_norm=none"), 1.743),
-    "swa": Variant(f"SWA (W = 1 + {SWA_WINDOW})", (*FULL, f"attnres.window={SWA_WINDOW}"), 1.764),
-    "block": Variant("AttnRes Block (S = 4)", (*BLOCK,), 1.746),
-    "block-multihead": Variant("Block w/ multihead (H = {heads})", (*BLOCK, "attnres.heads={heads}"), 1.752),
-    "block-no-key-norm": Variant("Block w/o RMSNorm", (*BLOCK, "attnres.key_norm=none"), 1.750),
-    "denseformer": Variant("DenseFormer", ("residual.kind=denseformer",), 1.767),
-    "mhc": Variant("mHC (m = 4)", ("residual.kind=mhc",), 1.747),
+# ablations, the other residual mechanisms; labels and [AR] values in `paper.TABLE4`.
+VARIANTS: dict[str, ResidualConfig] = {
+    "prenorm": ResidualConfig("prenorm"),
+    "full": FULL,
+    "full-input-query": replace(FULL, query="input_dependent"),
+    "full-static-mixing": replace(FULL, mixing="static"),
+    "full-sigmoid": replace(FULL, kernel="sigmoid"),
+    "full-no-key-norm": replace(FULL, key_norm="none"),
+    "swa": replace(FULL, window=SWA_WINDOW),
+    "block": BLOCK,
+    "block-multihead": replace(BLOCK, heads=DEPTH_HEADS),  # fitted to d_model: `variant_residual`
+    "block-no-key-norm": replace(BLOCK, key_norm="none"),
+    "denseformer": ResidualConfig("denseformer"),
+    "mhc": ResidualConfig("mhc"),
 }
-PAPER_BASELINE = VARIANTS["baseline"].paper
-# [AR] Fig. 6 val loss by S, read from the figure (targets.md A4)
-PAPER_SWEEP = {1: 1.737, 2: 1.746, 4: 1.746, 8: 1.748, 16: 1.753, 32: 1.757}
 
 
 def depth_heads(d_model: int, target: int = DEPTH_HEADS) -> int:
@@ -84,28 +71,27 @@ def depth_heads(d_model: int, target: int = DEPTH_HEADS) -> int:
     return min(divisors, key=lambda h: (abs(h - target), -h))
 
 
-def variant_overrides(name: str, d_model: int) -> list[str]:
+def variant_residual(name: str, d_model: int) -> ResidualConfig:
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    return [o.format(heads=depth_heads(d_model)) for o in VARIANTS[name].overrides]
+    residual = VARIANTS[name]
+    return replace(residual, heads=depth_heads(d_model)) if residual.heads > 1 else residual
 
 
 def sweep_arm(block_size: int | None) -> str:
-    return "baseline" if block_size is None else f"S{block_size}"
+    return "prenorm" if block_size is None else f"S{block_size}"
 
 
-def sweep_overrides(block_size: int | None) -> list[str]:
-    """Baseline for None; S = 1 and S = 4 are exactly the `full` and `block` variants."""
+def sweep_residual(block_size: int | None) -> ResidualConfig:
+    """The baseline for None; S = 1 and S = 4 are exactly the `full` and `block` variants."""
     if block_size is None:
-        return list(VARIANTS["baseline"].overrides)
-    if block_size == 1:
-        return list(FULL)
-    return [*BLOCK[:-1], f"attnres.block_size={block_size}"]
+        return VARIANTS["prenorm"]
+    return FULL if block_size == 1 else replace(BLOCK, block_size=block_size)
 
 
 def sweep_run_name(block_size: int | None) -> str:
     """The run folder of a sweep arm: the ablation's folder where the config is the same."""
-    return {None: "baseline", 1: "full", 4: "block"}.get(block_size, f"block-S{block_size}")
+    return {None: "prenorm", 1: "full", 4: "block"}.get(block_size, f"block-S{block_size}")
 
 
 @dataclass
@@ -151,20 +137,22 @@ def out_dir(s: AblateSettings, experiment: str) -> Path:
     return Path(s.out or f"results/{experiment}" + ("-quick" if s.quick else ""))
 
 
-def run_config(s: AblateSettings, residual: list[str], seed: int) -> Config:
-    """The shared backbone and budget plus one arm's residual overrides (then the user's)."""
+def run_config(s: AblateSettings, residual: ResidualConfig, seed: int) -> Config:
+    """The shared backbone and budget with one arm's residual (then the user's overrides)."""
     size = s.size()
-    train = [f"model.d_model={size.d_model}", f"model.n_layers={size.n_layers}",
-             f"model.n_heads={size.n_heads}", f"model.n_kv_heads={size.n_heads}",
-             f"model.d_ff={size.d_ff}", f"model.max_seq_len={s.seq_len}",
-             f"train.eval_every={max(1, s.steps // 2)}", f"train.eval_batches={s.eval_batches}",
-             f"train.ckpt_every={max(1, min(500, s.steps // 10))}", "train.analysis=false"]
+    base = Config()
+    model = replace(base.model, d_model=size.d_model, n_layers=size.n_layers,
+                    n_heads=size.n_heads, n_kv_heads=size.n_heads, d_ff=size.d_ff,
+                    max_seq_len=s.seq_len)
+    train = replace(base.train, eval_batches=s.eval_batches, analysis=False,
+                    ckpt_every=max(1, min(500, s.steps // 10)))
     cs = compare.CompareSettings(backbone="dense", preset="base", steps=s.steps, seeds=(seed,),
                                  data=s.data, device=s.device, dtype=s.dtype,
                                  batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
-                                 overrides=train + residual + list(s.overrides), progress=s.progress)
-    # compare's "baseline" arm only adds residual.kind=prenorm, which `residual` then replaces
-    return compare.arm_config(cs, "baseline", seed)
+                                 overrides=list(s.overrides), progress=s.progress)
+    cfg = compare.experiment_config(cs, residual, seed, model=model, train=train)
+    # two evaluations: half way and at the end
+    return replace(cfg, train=replace(cfg.train, eval_every=max(1, s.steps // 2)))
 
 
 @dataclass
@@ -172,15 +160,15 @@ class Arm:
     experiment: str
     name: str                       # variant (ablate) or S<k> / baseline (sweep)
     run_name: str                   # run folder under s.runs
-    residual: list[str]
+    residual: ResidualConfig
     label: str
 
 
 def arms(s: AblateSettings, experiment: str) -> list[Arm]:
     if experiment == "ablate":
         heads = depth_heads(s.d_model)
-        return [Arm("ablate", v, v, variant_overrides(v, s.d_model), VARIANTS[v].label.format(heads=heads))
-                for v in s.variants]
+        return [Arm("ablate", v, v, variant_residual(v, s.d_model),
+                    paper.TABLE4[v][0].format(heads=heads)) for v in s.variants]
     n_sub = units.sublayers_from_layers(s.n_layers)
     for k in s.block_sizes:
         if not 1 <= k <= n_sub:
@@ -189,7 +177,7 @@ def arms(s: AblateSettings, experiment: str) -> list[Arm]:
     for k in (None, *sorted(set(s.block_sizes))):
         label = "Baseline (PreNorm)" if k is None else \
             f"Block S = {k} (N = {units.num_blocks(n_sub, k)})" + (", = Full" if k == 1 else "")
-        out.append(Arm("sweep", sweep_arm(k), sweep_run_name(k), sweep_overrides(k), label))
+        out.append(Arm("sweep", sweep_arm(k), sweep_run_name(k), sweep_residual(k), label))
     return out
 
 
@@ -200,12 +188,11 @@ def run_record(s: AblateSettings, arm: Arm, seed: int, cfg: Config, result: dict
     size = s.size()
     rec = scaling.run_record(scaling.Run(size, arm.name, seed, s.steps, cfg), result, vocab_size,
                              corpus, resumed_from)
-    kind = residual_name(cfg)
-    block = cfg.attnres.block_size if kind == "block" else (1 if kind == "full" else None)
-    rec.update(experiment=arm.experiment, residual=kind, block_size=block, label=arm.label,
-               residual_overrides=arm.residual,
+    r = cfg.residual
+    block = r.sublayers_per_block(size.n_sublayers) or None
+    rec.update(experiment=arm.experiment, residual=r.kind, block_size=block, label=arm.label,
                n_blocks=units.num_blocks(size.n_sublayers, block) if block else None,
-               depth_heads=cfg.attnres.heads if kind in ("full", "block") else None,
+               depth_heads=r.heads if r.is_attnres else None,
                in_process=s.in_process)  # then peak RSS is the shared process's
     return rec
 
@@ -251,9 +238,16 @@ def format_plan(s: AblateSettings, experiment: str, todo: list[Arm], configs: di
              f"{size.name} (d {size.d_model}, {size.n_layers} layers = {size.n_sublayers} sublayers, "
              f"{size.n_heads} heads, d_ff {size.d_ff}), {s.steps} steps × {s.batch_size * s.seq_len:,} "
              f"tokens = {tokens:,} tokens per run",
-             "| arm | what | residual overrides | params |", "|---|---|---|---:|"]
+             "| arm | what | residual | params |", "|---|---|---|---:|"]
     for a in todo:
         params = build_model(configs[(a.name, 0)], vocab_size).num_params()
-        lines.append(f"| {a.name} | {a.label} | {' '.join(a.residual)} | {params:,} |")
+        lines.append(f"| {a.name} | {a.label} | {describe(a.residual)} | {params:,} |")
     return "\n".join(lines)
 
+
+def describe(residual: ResidualConfig) -> str:
+    """The residual's kind and the keys that differ from that kind's defaults."""
+    default = ResidualConfig(residual.kind)
+    changed = [f"{f}={getattr(residual, f)}" for f in residual.__dataclass_fields__
+               if f != "kind" and getattr(residual, f) != getattr(default, f)]
+    return " ".join([residual.kind, *changed])

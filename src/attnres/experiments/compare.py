@@ -15,37 +15,33 @@ import platform
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attnres import config as config_mod
-from attnres.config import Config
+from attnres.config import Config, ResidualConfig
 from attnres.data import prepare_data
 from attnres.experiments import plots
 from attnres.train.metrics import read_metrics
 
-VARIANTS: dict[str, list[str]] = {
-    "baseline": ["residual.kind=prenorm"],
-    "full": ["residual.kind=attnres", "attnres.mode=full"],
-    "block": ["residual.kind=attnres", "attnres.mode=block"],
-}
+ARMS = ("prenorm", "full", "block")  # residual kinds: the baseline is the PreNorm residual
 
 
 @dataclass
 class CompareSettings:
     """The defaults are the demo (`make demo`): dense tiny, 1,000 steps × 1,024 tokens, three
     seeds, every arm at peak LR 6e-3 (the baseline's best of 1.5e-3 … 1.2e-2 on this shape) and
-    the default `attnres.lr_mult`; two one-thread arms side by side fit 2 CPU cores (about
+    the default `residual.lr_mult`; two one-thread arms side by side fit 2 CPU cores (about
     7 minutes). docs/RESULTS.md section 1 has the measured table, docs/DESIGN.md the sweep."""
 
     backbone: str = "dense"
     preset: str = "tiny"
     steps: int = 1000
-    variants: tuple[str, ...] = ("baseline", "full", "block")
-    block_size: int = 4
+    residuals: tuple[str, ...] = ARMS    # one arm per residual kind
+    block_size: int = 4                  # S of the block arm
     seeds: tuple[int, ...] = (0, 1, 2)
     data: str = "shakespeare"
     out: str = "runs/compare"
@@ -59,27 +55,37 @@ class CompareSettings:
     workers: int = 2             # arms trained side by side, each with cpu_count / workers threads
 
 
-def arm_config(s: CompareSettings, variant: str, seed: int) -> Config:
-    if variant not in VARIANTS:
-        raise config_mod.ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    overrides = [f"model.backbone={s.backbone}", f"model.preset={s.preset}", f"train.steps={s.steps}", f"train.seed={seed}",
-                 f"train.data_seed={seed}", f"attnres.block_size={s.block_size}",
-                 f"train.batch_size={s.batch_size}", f"train.seq_len={s.seq_len}",
-                 f"train.device={s.device}", f"train.dtype={s.dtype}",
-                 f"train.eval_every={max(1, s.steps // 10)}", f"train.log_every={max(1, s.steps // 100)}",
-                 f"train.progress={'true' if s.progress else 'false'}"]
-    overrides.append(f"data.source={s.data}")
-    if s.lr:
-        overrides.append(f"optim.lr={s.lr}")
-    return config_mod.load(overrides=overrides + VARIANTS[variant] + list(s.overrides))
+def arm_config(s: CompareSettings, kind: str, seed: int) -> Config:
+    """The arm of residual `kind` (prenorm, full or block) for `seed`."""
+    if kind not in ARMS:
+        raise config_mod.ConfigError(f"unknown residual {kind!r}; choose from {', '.join(ARMS)}")
+    residual = ResidualConfig(kind, block_size=s.block_size if kind == "block" else 0)
+    return experiment_config(s, residual, seed)
+
+
+def experiment_config(s: CompareSettings, residual: ResidualConfig, seed: int,
+                      **sections: Any) -> Config:
+    """The settings' config tree with `residual` for `seed`: the defaults, the settings applied
+    with `dataclasses.replace` (and the `sections` given, e.g. a model shape), then the user's
+    `--set` overrides, which win."""
+    cfg = Config()
+    model = replace(sections.pop("model", cfg.model), backbone=s.backbone, preset=s.preset)
+    train = replace(sections.pop("train", cfg.train), steps=s.steps, seed=seed, data_seed=seed,
+                    batch_size=s.batch_size, seq_len=s.seq_len, device=s.device, dtype=s.dtype,
+                    eval_every=max(1, s.steps // 10), log_every=max(1, s.steps // 100),
+                    progress=s.progress)
+    optim = replace(cfg.optim, lr=s.lr) if s.lr else cfg.optim
+    cfg = replace(cfg, model=model, train=train, optim=optim, residual=residual,
+                  data=replace(cfg.data, source=s.data), **sections)
+    return config_mod.load(base=cfg.to_dict(), overrides=list(s.overrides)) if s.overrides else cfg
 
 
 def run_compare(s: CompareSettings) -> dict[str, Any]:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    for v in s.variants:
-        arm_config(s, v, s.seeds[0])  # fail fast on a bad variant or override
-    first = arm_config(s, s.variants[0], s.seeds[0])
+    for kind in s.residuals:
+        arm_config(s, kind, s.seeds[0])  # fail fast on a bad residual or override
+    first = arm_config(s, s.residuals[0], s.seeds[0])
     # Tokenise once in this process; the arms find the cache.
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
                         first.data.val_fraction, first.data.cache_dir,
@@ -87,7 +93,7 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     if s.workers < 1:
         raise config_mod.ConfigError(f"--workers must be >= 1, got {s.workers}")
     started = time.perf_counter()
-    runs = [(variant, seed) for seed in s.seeds for variant in s.variants]
+    runs = [(kind, seed) for seed in s.seeds for kind in s.residuals]
     threads = max(1, (os.cpu_count() or 1) // s.workers) if s.workers > 1 else None
 
     def train(variant: str, seed: int) -> dict[str, Any]:
@@ -101,7 +107,7 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     # share the cores, not an interpreter.
     with ThreadPoolExecutor(max_workers=s.workers) as pool:
         results = list(pool.map(lambda run: train(*run), runs))
-    arms: dict[str, list[dict[str, Any]]] = {v: [] for v in s.variants}
+    arms: dict[str, list[dict[str, Any]]] = {kind: [] for kind in s.residuals}
     for (variant, _), result in zip(runs, results):
         arms[variant].append(result)
     summary = _summarise(s, arms, data, time.perf_counter() - started)
@@ -175,14 +181,14 @@ def _summarise(s: CompareSettings, arms: dict[str, list[dict]], data, wall: floa
             "attnres_params": runs[0]["params_detail"]["attnres"],
             "wall_s": statistics.fmean(r["wall_s"] for r in runs),
         }
-    base = arms.get("baseline")
+    base = arms.get("prenorm")
     if base:
         for name, runs in arms.items():
-            if name == "baseline":
+            if name == "prenorm":
                 continue
             diffs = [r["val_loss"] - b["val_loss"] for r, b in zip(runs, base)]
             variants[name]["delta_vs_baseline"] = {**_stats(diffs), "per_seed": diffs}
-    cfg = arm_config(s, s.variants[0], s.seeds[0])
+    cfg = arm_config(s, s.residuals[0], s.seeds[0])
     return {
         "backbone": s.backbone,
         "preset": s.preset,
@@ -273,7 +279,7 @@ def render_report(summary: dict[str, Any]) -> str:
               "![depth profiles](depth_profiles.png)", "",
               "![depth softmax over training](depth_trace.png)", ""]
     for name in summary["variants"]:
-        if name != "baseline":
+        if name != "prenorm":
             lines += [f"![{name} depth attention](depth_attention_{name}.png)", ""]
     if summary["backbone"] == "kimi-linear":
         lines += ["![expert load](expert_load.png)", ""]

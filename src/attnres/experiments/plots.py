@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = {"baseline": "#444444", "full": "#d62728", "block": "#1f77b4"}
+COLORS = {"prenorm": "#444444", "full": "#d62728", "block": "#1f77b4"}
 
 
 def _color(name: str, i: int) -> str:
@@ -206,10 +206,10 @@ def plot_block_sweep(sizes: dict[int, list[float]], baseline: list[float], path:
                     label="Block AttnRes (S = 1: Full)")
         if base:
             mean = float(np.mean(base))
-            ax.axhline(mean, color=COLORS["baseline"], ls="--", lw=1.2, label="baseline (PreNorm)")
+            ax.axhline(mean, color=COLORS["prenorm"], ls="--", lw=1.2, label="baseline (PreNorm)")
             if len(base) > 1:
                 sd = float(np.std(base, ddof=1))
-                ax.axhspan(mean - sd, mean + sd, color=COLORS["baseline"], alpha=0.12, lw=0)
+                ax.axhspan(mean - sd, mean + sd, color=COLORS["prenorm"], alpha=0.12, lw=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks)
         ax.set_xticklabels([str(k) for k in ks])

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from attnres.experiments import fit
+from attnres.experiments.paper import PAPER_BASELINE, PAPER_SWEEP, TABLE4
 
 KEYS = ("experiment", "group", "arm", "seed")
-ARM_ORDER = ("baseline", "full", "block")
+ARM_ORDER = ("prenorm", "full", "block")
 COLUMNS = (("val_loss", "val loss", ".4f"), ("val_bpb", "val bpb", ".4f"),
            ("tokens_per_s", "tokens/s", ",.0f"), ("peak_rss_mb", "peak RSS (MB)", ",.0f"),
            ("wall_s", "wall (s)", ",.0f"))
@@ -53,6 +54,8 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as err:
             raise ReportError(f"{path}: not valid JSON ({err})") from None
         if isinstance(data, dict) and all(k in data for k in KEYS):
+            if data["arm"] == "baseline":  # records saved before the arms took kind names
+                data["arm"] = "prenorm"
             runs.append(dict(data, path=str(path)))
     # groups by size where runs record it (smallest model first), else by name
     size: dict[tuple, float] = {}
@@ -90,7 +93,7 @@ def format_mean_sd(values: list[float], spec: str, signed: bool = False) -> str:
 
 
 def paired_deltas(runs: list[dict[str, Any]], key: str = "val_loss",
-                  reference: str = "baseline") -> dict[tuple, list[float]]:
+                  reference: str = "prenorm") -> dict[tuple, list[float]]:
     """(experiment, group, arm) -> arm − reference per seed, for the seeds both ran."""
     ref = {(r["experiment"], r["group"], r["seed"]): r[key] for r in runs if r["arm"] == reference}
     out: dict[tuple, list[float]] = {}
@@ -102,7 +105,7 @@ def paired_deltas(runs: list[dict[str, Any]], key: str = "val_loss",
 
 
 def mean_sd_table(runs: list[dict[str, Any]], group_keys: tuple[str, ...] = ("group", "arm"),
-                  columns=COLUMNS, reference: str = "baseline") -> str:
+                  columns=COLUMNS, reference: str = "prenorm") -> str:
     """One row per group: seeds, mean ± sd of each column and the paired Δ val loss."""
     deltas = paired_deltas(runs, key=columns[0][0], reference=reference)
     head = [*group_keys, "seeds", columns[0][1], f"Δ vs {reference} (paired)",
@@ -146,12 +149,12 @@ def scaling_summary(runs: list[dict[str, Any]], n_boot: int = 2000) -> dict[str,
             A, alpha = fit.fit_power_law(C, L)
             entry.update(A=A, alpha=alpha)
         summary["fits"][arm] = entry
-    base = summary["fits"].get("baseline")
+    base = summary["fits"].get("prenorm")
     if not base or "A" not in base:
         return summary
     C0 = max(base["C"])
     for arm, entry in summary["fits"].items():
-        if arm == "baseline" or "A" not in entry:
+        if arm == "prenorm" or "A" not in entry:
             continue
         with np.errstate(all="ignore"):
             loss_var = float(fit.loss_at(entry["A"], entry["alpha"], C0))
@@ -159,7 +162,7 @@ def scaling_summary(runs: list[dict[str, Any]], n_boot: int = 2000) -> dict[str,
                    "loss_variant": loss_var,
                    "compute_baseline": float(fit.compute_for_loss(base["A"], base["alpha"], loss_var)),
                    "multiplier": fit.advantage((base["A"], base["alpha"]), (entry["A"], entry["alpha"]), C0)}
-            boot = _bootstrap(points["baseline"], points[arm], C0, n_boot)
+            boot = _bootstrap(points["prenorm"], points[arm], C0, n_boot)
         if boot is not None:
             adv["bootstrap"] = boot
         summary["advantage"][arm] = adv
@@ -250,7 +253,7 @@ def render_scaling(runs: list[dict[str, Any]], summary: dict[str, Any] | None = 
              "1 PFLOP/s-day = 8.64e19 FLOPs. N (AR) = N_c − d·V is the [AR]-style count.", "",
              "| size | d | layers | heads | d_ff | Block S | N (AR) | N_c | steps | tokens | C (PFLOP/s-days) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (size,), group in group_runs([r for r in runs if r["arm"] == "baseline"] or runs, ("group",)).items():
+    for (size,), group in group_runs([r for r in runs if r["arm"] == "prenorm"] or runs, ("group",)).items():
         r = group[0]
         block = next((x["block_size"] for x in runs if x["group"] == size and x["arm"] == "block"), None)
         lines.append(f"| {size} | {r['d_model']} | {r['n_layers']} | {r['n_heads']} | {r['d_ff']} | "
@@ -302,8 +305,8 @@ ABLATE_CLAIMS = (
     ("full-sigmoid", "≈", "full-no-key-norm"),
     ("full-sigmoid", "<", "full-static-mixing"),
     ("full-no-key-norm", "<", "full-static-mixing"),
-    ("swa", "≈", "baseline"),
-    ("denseformer", "≈", "baseline"),
+    ("swa", "≈", "prenorm"),
+    ("denseformer", "≈", "prenorm"),
     ("block", "<", "block-no-key-norm"),
     ("block-no-key-norm", "<", "block-multihead"),
 )
@@ -375,16 +378,15 @@ def _notes(runs: list[dict[str, Any]]) -> list[str]:
 def ablate_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model (group) and variant: val loss over seeds, paired Δ vs baseline, the paper's
     value, and the A3 orderings judged on paired seeds."""
-    from attnres.experiments.ablate import VARIANTS
     runs = [r for r in runs if r["experiment"] == "ablate"]
     groups = {}
     for (group,), grp in group_runs(runs, ("group",)).items():
         arms = {}
         for (arm,), arm_runs in group_runs(grp, ("arm",)).items():
             entry = _stats_entry([r["val_loss"] for r in arm_runs])
-            diffs = paired_difference(grp, arm, "baseline")
-            entry["delta"] = _stats_entry(diffs) if arm != "baseline" and diffs else None
-            entry["paper"] = VARIANTS[arm].paper if arm in VARIANTS else None
+            diffs = paired_difference(grp, arm, "prenorm")
+            entry["delta"] = _stats_entry(diffs) if arm != "prenorm" and diffs else None
+            entry["paper"] = TABLE4[arm][1] if arm in TABLE4 else None
             arms[arm] = entry
         checks = [_claim(grp, a, rel, b) for a, rel, b in ABLATE_CLAIMS if a in arms and b in arms]
         groups[group] = {"arms": arms, "checks": checks}
@@ -392,9 +394,8 @@ def ablate_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def render_ablate(runs: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
-    from attnres.experiments.ablate import PAPER_BASELINE, VARIANTS
     summary = summary or ablate_summary(runs)
-    order = list(VARIANTS)
+    order = list(TABLE4)
     rank = {name: (order.index(name) if name in order else len(order), name) for name in {r["arm"] for r in runs}}
     runs = sorted(runs, key=lambda r: (str(r["group"]), rank[r["arm"]], r["seed"]))
     lines = ["## Experiment `ablate`: [AR] Table 4 at toy scale (targets.md A3)", "",
@@ -409,16 +410,16 @@ def render_ablate(runs: list[dict[str, Any]], summary: dict[str, Any] | None = N
               "tokens/s | peak RSS (MB) | Table-4 row |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for (group, arm), grp in group_runs(runs, ("group", "arm")).items():
-        delta = paired_difference([r for r in runs if r["group"] == group], arm, "baseline")
-        paper = VARIANTS[arm].paper if arm in VARIANTS else None
+        delta = paired_difference([r for r in runs if r["group"] == group], arm, "prenorm")
+        paper = TABLE4[arm][1] if arm in TABLE4 else None
         cells = [str(group), arm, ",".join(str(r["seed"]) for r in grp),
                  format_mean_sd([r["val_loss"] for r in grp], ".4f"),
-                 format_mean_sd(delta, ".4f", signed=True) if arm != "baseline" else "—",
+                 format_mean_sd(delta, ".4f", signed=True) if arm != "prenorm" else "—",
                  f"{paper:.3f}" if paper is not None else "—",
-                 f"{paper - PAPER_BASELINE:+.3f}" if paper is not None and arm != "baseline" else "—",
+                 f"{paper - PAPER_BASELINE:+.3f}" if paper is not None and arm != "prenorm" else "—",
                  format_mean_sd([r["tokens_per_s"] for r in grp if "tokens_per_s" in r], ",.0f"),
                  format_mean_sd([r["peak_rss_mb"] for r in grp if "peak_rss_mb" in r], ",.0f"),
-                 grp[0].get("label") or (VARIANTS[arm].label if arm in VARIANTS else arm)]
+                 grp[0].get("label") or (TABLE4[arm][0] if arm in TABLE4 else arm)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *_notes(runs)]
     for group, entry in summary["groups"].items():
@@ -436,19 +437,18 @@ def _sweep_size(run: dict[str, Any]) -> int:
 def sweep_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model (group): val loss by block size S and of the baseline, paired Δ, the paper's
     Fig. 6 values, and the A4 shape judged on paired seeds."""
-    from attnres.experiments.ablate import PAPER_SWEEP
     runs = [r for r in runs if r["experiment"] == "sweep"]
     groups = {}
     for (group,), grp in group_runs(runs, ("group",)).items():
-        base = [r["val_loss"] for r in grp if r["arm"] == "baseline"]
+        base = [r["val_loss"] for r in grp if r["arm"] == "prenorm"]
         sizes: dict[int, dict[str, Any]] = {}
-        for r in sorted((r for r in grp if r["arm"] != "baseline"), key=_sweep_size):
+        for r in sorted((r for r in grp if r["arm"] != "prenorm"), key=_sweep_size):
             info = sizes.setdefault(_sweep_size(r), {"arm": r["arm"], "n_blocks": r.get("n_blocks"), "runs": []})
             info["runs"].append(r)
         out = {}
         for k, info in sizes.items():
             entry = _stats_entry([r["val_loss"] for r in info["runs"]])
-            diffs = paired_difference(grp, info["arm"], "baseline")
+            diffs = paired_difference(grp, info["arm"], "prenorm")
             entry.update(arm=info["arm"], n_blocks=info["n_blocks"], paper=PAPER_SWEEP.get(k),
                          delta=_stats_entry(diffs) if diffs else None)
             out[str(k)] = entry
@@ -456,8 +456,8 @@ def sweep_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         checks = [_claim(grp, a, "≤", b) for a, b in zip(arms, arms[1:])]
         n_sub = grp[0].get("n_sublayers")
         if base and n_sub in sizes:  # S = L, a single block, still beats the baseline
-            checks.append(_claim(grp, sizes[n_sub]["arm"], "<", "baseline"))
-        groups[group] = {"baseline": _stats_entry(base) if base else None, "sizes": out, "checks": checks}
+            checks.append(_claim(grp, sizes[n_sub]["arm"], "<", "prenorm"))
+        groups[group] = {"prenorm": _stats_entry(base) if base else None, "sizes": out, "checks": checks}
     return {"groups": groups}
 
 
@@ -466,7 +466,6 @@ def sweep_plot_name(group: str) -> str:
 
 
 def render_sweep(runs: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
-    from attnres.experiments.ablate import PAPER_BASELINE
     summary = summary or sweep_summary(runs)
     lines = ["## Experiment `sweep`: block size S ([AR] Fig. 6, targets.md A4)", "",
              "Block AttnRes with S sublayers per block (N = ⌈L/S⌉ blocks; S = 1 is Full AttnRes) on "
@@ -477,12 +476,12 @@ def render_sweep(runs: list[dict[str, Any]], summary: dict[str, Any] | None = No
               "| model | S | N | seeds | val loss | Δ vs baseline (paired) | [AR] val loss | [AR] Δ | "
               "tokens/s | peak RSS (MB) |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for (group,), grp in group_runs(runs, ("group",)).items():
-        ordered = sorted(grp, key=lambda r: (0 if r["arm"] == "baseline" else _sweep_size(r), r["seed"]))
+        ordered = sorted(grp, key=lambda r: (0 if r["arm"] == "prenorm" else _sweep_size(r), r["seed"]))
         for (arm,), arm_runs in group_runs(ordered, ("arm",)).items():
-            k = None if arm == "baseline" else _sweep_size(arm_runs[0])
+            k = None if arm == "prenorm" else _sweep_size(arm_runs[0])
             entry = summary["groups"][group]["sizes"].get(str(k), {}) if k else {}
             paper = PAPER_BASELINE if k is None else entry.get("paper")
-            delta = paired_difference(grp, arm, "baseline")
+            delta = paired_difference(grp, arm, "prenorm")
             cells = [str(group), "baseline" if k is None else str(k),
                      "—" if k is None else str(entry.get("n_blocks") or "?"),
                      ",".join(str(r["seed"]) for r in arm_runs),
@@ -577,9 +576,8 @@ def write_report(root: str | Path) -> Report:
                                             "validation loss vs training compute (dense ladder)"))
         rep.files += _depth_plots(root, runs, scaling["depth"]["group"])
     for group, entry in rep.summaries.get("sweep", {}).get("groups", {}).items():
-        from attnres.experiments.ablate import PAPER_BASELINE, PAPER_SWEEP
         sizes = {int(k): e["values"] for k, e in entry["sizes"].items()}
-        base = entry["baseline"]["values"] if entry["baseline"] else []
+        base = entry["prenorm"]["values"] if entry["prenorm"] else []
         rep.files.append(plots.plot_block_sweep(sizes, base, root / sweep_plot_name(group),
                                                 f"validation loss vs block size S ({group})",
                                                 paper=(PAPER_SWEEP, PAPER_BASELINE)))

@@ -28,6 +28,7 @@ settings), and an unfinished run continues from its last checkpoint (`train.ckpt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -39,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from attnres import units
-from attnres.config import Config, ConfigError
+from attnres import config as config_mod
+from attnres.config import Config, ConfigError, ResidualConfig
 from attnres.data import prepare_data
 from attnres.experiments import compare, fit, report
 from attnres.train.build import build_model, resolve_device
 
-ARMS = ("baseline", "full", "block")
+ARMS = compare.ARMS
 ASPECT = 16        # d_model / n_layers, as in the tiny and small presets
 HEAD_DIM = 16      # n_heads = n_layers (H = L_b, [AR] Table 1) at d = 16·L_b
 TARGET_BLOCKS = 8  # Block AttnRes N ≈ 8, as in [AR] §5.1
@@ -137,8 +139,8 @@ def plan(s: ScalingSettings, vocab_size: int) -> list[Run]:
     """Every (size, arm, seed) run in training order: seed by seed, sizes small to large, so a
     stopped sweep already holds whole ladders."""
     for arm in s.arms:
-        if arm not in compare.VARIANTS:
-            raise ConfigError(f"unknown arm {arm!r}; choose from {', '.join(compare.VARIANTS)}")
+        if arm not in ARMS:
+            raise ConfigError(f"unknown residual {arm!r}; choose from {', '.join(ARMS)}")
     runs = []
     sizes = [Size(*shape) for shape in ladder_sizes(s.sizes, s.first_layers)]
     steps = {size: budget_steps(s, size, vocab_size) for size in sizes}
@@ -150,15 +152,17 @@ def plan(s: ScalingSettings, vocab_size: int) -> list[Run]:
 
 
 def run_config(s: ScalingSettings, size: Size, arm: str, seed: int, steps: int) -> Config:
-    shape = [f"model.d_model={size.d_model}", f"model.n_layers={size.n_layers}",
-             f"model.n_heads={size.n_heads}", f"model.n_kv_heads={size.n_heads}",
-             f"model.d_ff={size.d_ff}", f"model.max_seq_len={s.seq_len}",
-             f"train.ckpt_every={max(1, min(500, steps // 10))}"]
-    cs = compare.CompareSettings(backbone="dense", preset="small", steps=steps, block_size=size.block_size,
-                                 seeds=(seed,), data=s.data, device=s.device, dtype=s.dtype,
+    """The dense model of `size` with residual `arm` (Block: S = `size.block_size`)."""
+    cs = compare.CompareSettings(backbone="dense", preset="small", steps=steps, seeds=(seed,),
+                                 data=s.data, device=s.device, dtype=s.dtype,
                                  batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
-                                 overrides=shape + list(s.overrides), progress=s.progress)
-    return compare.arm_config(cs, arm, seed)
+                                 overrides=list(s.overrides), progress=s.progress)
+    base = Config()
+    model = replace(base.model, d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads,
+                    n_kv_heads=size.n_heads, d_ff=size.d_ff, max_seq_len=s.seq_len)
+    train = replace(base.train, ckpt_every=max(1, min(500, steps // 10)))
+    residual = ResidualConfig(arm, block_size=size.block_size if arm == "block" else 0)
+    return compare.experiment_config(cs, residual, seed, model=model, train=train)
 
 
 def compute_params(cfg: Config, vocab_size: int) -> int:
@@ -168,7 +172,7 @@ def compute_params(cfg: Config, vocab_size: int) -> int:
 
 def budget_steps(s: ScalingSettings, size: Size, vocab_size: int) -> int:
     """Steps for D ≈ tokens_per_param · N_c of the size's baseline (shared by every arm)."""
-    n_c = compute_params(run_config(s, size, "baseline", 0, 1), vocab_size)
+    n_c = compute_params(run_config(s, size, "prenorm", 0, 1), vocab_size)
     return max(s.min_steps, round(s.tokens_per_param * n_c / (s.batch_size * s.seq_len)))
 
 
@@ -187,6 +191,8 @@ _PRESENTATION = (("train", "progress"), ("train", "tensorboard"), ("train", "dev
 def fingerprint(config: Config | dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's outcome: the config without where and how it is shown."""
     d = json.loads(json.dumps(config.to_dict() if isinstance(config, Config) else config))
+    d = config_mod.upgrade_residual(d)  # records saved before the one residual section
+    d["residual"] = dataclasses.asdict(ResidualConfig(**d.get("residual", {})))
     for section, key in _PRESENTATION:
         d.get(section, {}).pop(key, None)
     return d
@@ -196,7 +202,7 @@ def run_scaling(s: ScalingSettings, dry_run: bool = False) -> report.Report | No
     """Train every missing run, then rebuild the report, fits and plot in `s.out` (None for a
     dry run, which only prints the plan)."""
     out = Path(s.out)
-    first = run_config(s, Size(*ladder_sizes(1, s.first_layers)[0]), "baseline", 0, 1)
+    first = run_config(s, Size(*ladder_sizes(1, s.first_layers)[0]), "prenorm", 0, 1)
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
                         first.data.val_fraction, first.data.cache_dir,
                         workers=first.data.workers, text_column=first.data.text_column)
@@ -296,7 +302,7 @@ def run_record(run: Run, result: dict[str, Any], vocab_size: int, corpus: str,
         "batch_size": cfg.train.batch_size, "seq_len": cfg.train.seq_len,
         "d_model": run.size.d_model, "n_layers": run.size.n_layers, "n_heads": run.size.n_heads,
         "d_ff": run.size.d_ff, "n_sublayers": run.size.n_sublayers,
-        "block_size": run.size.block_size if run.arm == "block" else (1 if run.arm == "full" else None),
+        "block_size": cfg.residual.block_size or None,
         "vocab_size": vocab_size, "corpus": corpus, "lr": cfg.optim.lr,
         "wall_s": result["wall_s"], "train_s": result["train_s"],
         "tokens_per_s": result["tokens_per_s"], "peak_rss_mb": result["peak_rss_mb"],
@@ -319,7 +325,7 @@ def format_plan(s: ScalingSettings, runs: list[Run], vocab_size: int) -> str:
              "| size | d | layers | heads | d_ff | Block S (N) | N_c | N (AR) | steps | tokens | C (PFLOP/s-days) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for size, steps in seen.items():
-        n_c = compute_params(run_config(s, size, "baseline", 0, 1), vocab_size)
+        n_c = compute_params(run_config(s, size, "prenorm", 0, 1), vocab_size)
         tokens = steps * tokens_per_step
         n_blocks = units.num_blocks(size.n_sublayers, size.block_size)
         lines.append(f"| {size.name} | {size.d_model} | {size.n_layers} | {size.n_heads} | {size.d_ff} | "

@@ -21,7 +21,7 @@ Two further residual kinds live here as modules; their streams are in `residual.
 
 Every parameter is fp32 and created from zeros, ones or an identity, so no random number is
 drawn and the backbone initialisation is the same for every residual kind (invariant I13). The
-read variants' parameters are tagged `attnres` (AdamW, no decay, LR × `attnres.lr_mult`, like the
+read variants' parameters are tagged `attnres` (AdamW, no decay, LR × `residual.lr_mult`, like the
 plain read's); DenseFormer's and mHC's are tagged `adamw_no_decay` (the global LR, as their papers
 train them).
 """

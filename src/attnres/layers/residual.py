@@ -3,7 +3,7 @@
 A backbone talks to its residual mechanism through one small interface, so it never branches on
 the residual kind:
 
-    residual = Residual(kind, ...)            # from the config; holds no parameters
+    residual = Residual(cfg.residual, L)      # the config's section; holds no parameters
     read = residual.make_read(d)              # a module per read (None for PreNorm)
     stream = residual.stream(embedding, reads)
     for sub, f in enumerate(sublayers):       # sub = l - 1, 0-based
@@ -30,13 +30,11 @@ import torch
 from torch import nn
 
 from attnres import tags
+from attnres.config import RESIDUAL_KINDS, ResidualConfig
 from attnres.layers.depth_variants import (MHC_STREAMS, DenseMix, HyperConnection, ReadOptions,
                                            VariantRead, expand_streams, num_sources,
                                            reduce_streams)
 from attnres.ops.attnres import depth_attention, merged_depth_attention, phase1
-
-KINDS = ("prenorm", "full", "block", "denseformer", "mhc")
-
 
 class KeyNorm(nn.Module):
     """The gain g of the keys' RMSNorm. Only its weight lives here: the normalisation itself is
@@ -86,34 +84,33 @@ class DepthRecord:
 class Residual:
     """A residual strategy built from the config; makes read modules and per-forward streams."""
 
-    def __init__(self, kind: str = "prenorm", block_size: int = 4, eps: float = 1e-6,
-                 impl: str = "recompute", two_phase_group: int = 8,
-                 state_dtype: torch.dtype | None = torch.float32,
-                 options: ReadOptions | None = None, n_sublayers: int | None = None):
-        """`options` picks the depth-read variant (attnres kinds); `n_sublayers` = L is needed by
-        static mixing, denseformer and mhc, whose modules depend on the read's position."""
-        if kind not in KINDS:
-            raise ValueError(f"residual kind {kind!r} is not one of {', '.join(KINDS)}")
-        if kind == "full":
-            block_size = 1
-        if block_size < 1:
-            raise ValueError(f"attnres block_size must be >= 1, got {block_size}")
-        self.kind = kind
-        self.block_size = block_size
-        self.eps = eps
-        self.impl = impl
-        self.two_phase_group = two_phase_group
-        self.state_dtype = state_dtype
-        self.options = options or ReadOptions()
+    def __init__(self, cfg: ResidualConfig | None = None, n_sublayers: int | None = None):
+        """`cfg` is the config tree's `residual` section (the model config carries it unchanged);
+        `n_sublayers` = L is needed by `num_blocks`, static mixing, denseformer and mhc, whose
+        reads depend on their position."""
+        cfg = cfg if cfg is not None else ResidualConfig()
+        if cfg.kind not in RESIDUAL_KINDS:
+            raise ValueError(f"residual kind {cfg.kind!r} is not one of {', '.join(RESIDUAL_KINDS)}")
+        if cfg.num_blocks and n_sublayers is None:
+            raise ValueError("residual.num_blocks needs the number of sublayers")
+        self.cfg = cfg
+        self.kind = cfg.kind
+        self.block_size = cfg.sublayers_per_block(n_sublayers or 0)
+        self.eps = cfg.eps
+        self.impl = cfg.impl
+        self.two_phase_group = cfg.two_phase_group
+        self.state_dtype = torch.float32 if cfg.state_dtype == "float32" else None
+        self.options = ReadOptions(cfg.query, cfg.mixing, cfg.kernel, cfg.key_norm,
+                                   cfg.window or None, cfg.heads)
         self.n_sublayers = n_sublayers
-        if self.is_attnres and self.options.window is not None and block_size != 1:
-            raise ValueError("an attnres window applies only to Full AttnRes (block_size 1)")
-        if self.is_attnres and impl == "two_phase" and self.options != ReadOptions():
+        if self.is_attnres and self.options.window is not None and self.block_size != 1:
+            raise ValueError("a depth window applies only to Full AttnRes")
+        if self.is_attnres and self.impl == "two_phase" and self.options != ReadOptions():
             raise ValueError(f"two_phase supports only the default depth read, "
                              f"not {self.options.describe()}")
         if self._positional:
-            if n_sublayers is None or n_sublayers < 1 or (kind == "denseformer" and n_sublayers % 2):
-                raise ValueError(f"residual {kind} ({self.options.describe() or 'default'}) "
+            if n_sublayers is None or n_sublayers < 1 or (self.kind == "denseformer" and n_sublayers % 2):
+                raise ValueError(f"residual {self.kind} ({self.options.describe() or 'default'}) "
                                  f"needs the number of sublayers (even), got {n_sublayers}")
 
     @property

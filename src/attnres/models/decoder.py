@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnres import tags
+from attnres.config import ResidualConfig
 from attnres.layers.norm import RMSNorm
-from attnres.layers.depth_variants import ReadOptions
 from attnres.layers.residual import DepthRecord, Residual
 
 
@@ -33,32 +33,18 @@ class DecoderConfig:
     max_seq_len: int = 128
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    # residual mechanism
-    residual: str = "prenorm"        # prenorm | full | block | denseformer | mhc
-    block_size: int = 4              # S in sublayers (block only)
-    attnres_eps: float = 1e-6
-    attnres_impl: str = "recompute"  # recompute | two_phase | naive
-    two_phase_group: int = 8
-    # depth-read variants (spec attnres.md §13); the defaults are the plain read
-    attnres_query: str = "static"        # static | input_dependent
-    attnres_mixing: str = "attention"    # attention | static
-    attnres_kernel: str = "softmax"      # softmax | sigmoid
-    attnres_key_norm: str = "rms_gain"   # rms_gain | rms | none
-    attnres_window: int = 0              # Full only: embedding + W most recent outputs; 0 = all
-    attnres_heads: int = 1               # channel groups of the depth softmax
+    # how each sublayer's input is formed: the config tree's `residual` section, unchanged
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "max_seq_len", "block_size", "attnres_heads"):
+        for name in ("vocab_size", "d_model", "n_layers", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attnres_window < 0:
-            raise ValueError(f"attnres_window must be >= 0 (0 = no window), got {self.attnres_window}")
-        if self.residual in ("full", "block") and self.d_model % self.attnres_heads:
-            raise ValueError(f"attnres heads {self.attnres_heads} do not divide d_model {self.d_model}")
-
-    def read_options(self) -> ReadOptions:
-        return ReadOptions(self.attnres_query, self.attnres_mixing, self.attnres_kernel,
-                           self.attnres_key_norm, self.attnres_window or None, self.attnres_heads)
+        if not isinstance(self.residual, ResidualConfig):
+            raise TypeError(f"residual must be a ResidualConfig, got {type(self.residual).__name__}")
+        if self.residual.is_attnres and self.d_model % self.residual.heads:
+            raise ValueError(f"residual.heads = {self.residual.heads} does not divide d_model "
+                             f"{self.d_model}")
 
     @property
     def n_sublayers(self) -> int:
@@ -117,9 +103,7 @@ class DecoderLM(nn.Module, abc.ABC):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.residual = Residual(cfg.residual, cfg.block_size, cfg.attnres_eps, cfg.attnres_impl,
-                                 cfg.two_phase_group, options=cfg.read_options(),
-                                 n_sublayers=cfg.n_sublayers)
+        self.residual = Residual(cfg.residual, cfg.n_sublayers)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(
             DecoderLayer(j, cfg.d_model, self.build_mixer(j), self.build_ffn(j), self.residual,

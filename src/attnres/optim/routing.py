@@ -153,7 +153,7 @@ def build_optimizer(
     muon_impl: str = "ours",
     ns_dtype: torch.dtype | None = None,
     optimizer: str = "muon",
-    read_lr_mult: float = 1.0,
+    read_lr_mult: float = 0.1,
 ) -> HybridOptimizer:
     """Route `model`'s parameters (or the given (name, parameter) pairs) by tag and build
     Muon + AdamW (spec §1, §2, §5).

@@ -429,12 +429,14 @@ class PipelineRunner:
 # --- demo entry point: python -m attnres.parallel.pipeline --pp 2 --virtual-stages 2 ---------
 
 def _demo_rank(rank: int, args: argparse.Namespace) -> None:
+    from attnres.config import ResidualConfig
     from attnres.models.dense import DenseLM, dense_config
     if not dist.is_initialized():
         dist.init_process_group("gloo", rank=rank, world_size=args.pp)
     torch.manual_seed(args.seed)
     cfg = dense_config("tiny", n_layers=args.layers, d_model=32, n_heads=2, n_kv_heads=1,
-                       d_ff=64, vocab_size=64, residual=args.residual, block_size=args.block_size)
+                       d_ff=64, vocab_size=64, residual=ResidualConfig(args.residual, block_size=args.block_size
+                                                             if args.residual == "block" else 0))
     model = DenseLM(cfg)
     runner = PipelineRunner(model, args.pp, args.virtual_stages, cache=args.pp_cache,
                             n_microbatches=args.microbatches)

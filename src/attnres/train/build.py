@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from attnres import units
-from attnres.config import Config, ConfigError, ModelConfig
+from attnres.config import Config, ConfigError, ModelConfig, ResidualConfig
 from attnres.models import dense, kimi_linear
 
 # backbone name -> (config class, model class, presets, ModelConfig keys it accepts)
@@ -40,13 +40,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def residual_name(cfg: Config) -> str:
-    """The backbone's residual: prenorm (baseline), full, block, denseformer or mhc."""
-    if cfg.residual.kind != "attnres":
-        return cfg.residual.kind
-    return "full" if cfg.attnres.mode == "full" else "block"
-
-
 def model_config(cfg: Config, vocab_size: int):
     m = cfg.model
     config_cls, _, presets, keys = BACKBONES[m.backbone]
@@ -63,22 +56,12 @@ def model_config(cfg: Config, vocab_size: int):
             raise ConfigError(f"model.{key} does not apply to backbone {m.backbone}")
         shape[key] = value
     n_sublayers = units.sublayers_from_layers(shape["n_layers"])
-    block_size = cfg.attnres.block_size
-    if cfg.attnres.num_blocks > 0:
-        block_size = units.block_size_for_num_blocks(n_sublayers, cfg.attnres.num_blocks)
-    if cfg.residual.kind == "attnres" and cfg.attnres.mode == "block" \
-            and cfg.attnres.num_blocks == 0 and block_size > n_sublayers:
-        warnings.warn(f"attnres.block_size = {block_size} is more than the model's {n_sublayers} "
+    r = cfg.residual
+    if r.kind == "block" and r.num_blocks == 0 and r.block_size > n_sublayers:
+        warnings.warn(f"residual.block_size = {r.block_size} is more than the model's {n_sublayers} "
                       f"sublayers: one block, so every read sees only the embedding and the "
                       f"running partial sum", stacklevel=2)
-    impl = "naive" if cfg.attnres.impl == "reference" else cfg.attnres.impl
-    common = dict(vocab_size=vocab_size, norm_eps=m.norm_eps, init_std=m.init_std,
-                  residual=residual_name(cfg), block_size=block_size, attnres_eps=cfg.attnres.eps,
-                  attnres_impl=impl, two_phase_group=cfg.attnres.two_phase_group)
-    if cfg.residual.kind == "attnres":  # the §13 read variants; other kinds have no depth read
-        a = cfg.attnres
-        common.update(attnres_query=a.query, attnres_mixing=a.mixing, attnres_kernel=a.kernel,
-                      attnres_key_norm=a.key_norm, attnres_window=a.window, attnres_heads=a.heads)
+    common = dict(vocab_size=vocab_size, norm_eps=m.norm_eps, init_std=m.init_std, residual=r)
     fields = {f.name for f in dataclasses.fields(config_cls)}
     if "rope_theta" in fields:
         common["rope_theta"] = m.rope_theta
@@ -107,4 +90,25 @@ def model_from_meta(meta_model: dict):
     meta_model = dict(meta_model)
     backbone = meta_model.pop("backbone", "dense")
     config_cls, model_cls, _, _ = BACKBONES[backbone]
+    meta_model["residual"] = _residual_from_meta(meta_model)
     return model_cls(config_cls(**meta_model))
+
+
+# DecoderConfig fields of checkpoints saved before `residual` became one ResidualConfig
+_FLAT_RESIDUAL = {"block_size": "block_size", "attnres_eps": "eps", "attnres_impl": "impl",
+                  "two_phase_group": "two_phase_group", "attnres_query": "query",
+                  "attnres_mixing": "mixing", "attnres_kernel": "kernel",
+                  "attnres_key_norm": "key_norm", "attnres_window": "window",
+                  "attnres_heads": "heads"}
+
+
+def _residual_from_meta(meta_model: dict) -> ResidualConfig:
+    """The model's ResidualConfig from meta.json: a nested table, or (older checkpoints) a kind
+    name with flat `attnres_*` fields beside it, which are removed from `meta_model`."""
+    residual = meta_model.get("residual", "prenorm")
+    if isinstance(residual, dict):
+        return ResidualConfig(**residual)
+    flat = {new: meta_model.pop(old) for old, new in _FLAT_RESIDUAL.items() if old in meta_model}
+    if residual != "block":
+        flat.pop("block_size", None)
+    return ResidualConfig(kind=residual, **flat)

@@ -389,7 +389,7 @@ class Trainer:
         return build_optimizer(params, optimizer=o.name, lr=o.lr, weight_decay=o.weight_decay,
                                betas=tuple(o.betas), eps=o.eps, momentum=o.momentum,
                                nesterov=o.nesterov, ns_steps=o.ns_steps, muon_impl=o.muon_impl,
-                               read_lr_mult=self.cfg.attnres.lr_mult)
+                               read_lr_mult=self.cfg.residual.lr_mult)
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:

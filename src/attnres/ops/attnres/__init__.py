@@ -1,6 +1,6 @@
 """The depth-attention read (spec §2): a softmax over earlier sources against a pseudo-query.
 
-Three implementations with one signature: `naive` (alias `reference`; stacked, plain autograd,
+Three implementations with one signature: `naive` (stacked, plain autograd,
 the test reference), `recompute` (never stacks; saves the sources by reference and one lse per
 token, recomputes in backward; the default) and `two_phase` (spec §8; same backward).
 """
@@ -15,7 +15,6 @@ from .two_phase import merged_depth_attention, phase1, two_phase_depth_attention
 
 IMPLS = {
     "naive": naive_depth_attention,
-    "reference": naive_depth_attention,
     "recompute": recompute_depth_attention,
     "two_phase": two_phase_depth_attention,
 }
@@ -44,7 +43,7 @@ def depth_attention(
         key_norm_weight: key RMSNorm gain g, [d], or None for no gain (g = 1).
         eps: added to the mean square inside the square root (default 1e-6).
         return_weights: also return the depth weights.
-        impl: "recompute" (default), "two_phase", or "naive" / "reference".
+        impl: "recompute" (default), "two_phase", or "naive" (the plain reference).
 
     Returns:
         h: [..., d] in the sources' dtype. For n = 1 this is `sources[0]` itself (same object,
