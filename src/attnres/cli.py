@@ -159,8 +159,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """The package's own warnings (e.g. a block size above the depth) print as one line, like
+    its errors; warnings from elsewhere (torch, ...) keep Python's format."""
+    import warnings
+    # the format in place before main() first ran (main may run more than once in a process)
+    default = getattr(warnings.formatwarning, "python_default", warnings.formatwarning)
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+            return f"attnres {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    formatwarning.python_default = default
+    warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _one_line_warnings(args.command)
     from attnres.config import ConfigError
     from attnres.data import DataError
     from attnres.train.checkpoint import CheckpointError

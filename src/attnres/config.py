@@ -276,6 +276,9 @@ def check(cfg: Config) -> None:
         if (low is not None and value < low) or (high is not None and value > high):
             want = f">= {low}" if high is None else f"in [{low}, {high}]"
             raise ConfigError(f"{section}.{key} must be {want}, got {value}")
+    if cfg.model.max_seq_len and cfg.train.seq_len > cfg.model.max_seq_len:  # 0: the preset's (build.py)
+        raise ConfigError(f"train.seq_len = {cfg.train.seq_len} exceeds model.max_seq_len = "
+                          f"{cfg.model.max_seq_len}, the longest window the model takes")
     for section, key in sorted(_ABOVE_ZERO):
         value = getattr(getattr(cfg, section), key)
         if not value > 0:
@@ -518,6 +521,8 @@ def _convert(value: Any, typ: Any, where: str) -> Any:
         except json.JSONDecodeError:
             if typ is bool:
                 raise ConfigError(f"{where}: expected true or false, got {str(value)!r}") from None
+            if typ is float and value.lower() in ("nan", "inf", "-inf", "+inf"):
+                return float(value)  # read, so that `check` names the problem (not finite)
             raise ConfigError(f"{where}: cannot read {str(value)!r} as {_type_name(typ)}") from None
     if origin is tuple:
         args = typing.get_args(typ)

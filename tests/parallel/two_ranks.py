@@ -42,14 +42,20 @@ def free_port() -> int:
 def launch(script: str, spec: Path, timeout_s: float, port: int | None = None) -> None:
     """Run `python script spec` as ranks 0 and 1 of a gloo world on this host and fail with
     each rank's log tail unless both exit 0."""
+    launch_command([sys.executable, script, str(spec)], spec.parent, timeout_s, port)
+
+
+def launch_command(argv: list[str], log_dir: Path, timeout_s: float,
+                   port: int | None = None) -> list[int]:
+    """Run `argv` as ranks 0 and 1 (logs: `log_dir/rank<r>.log`); fail with each rank's log tail
+    unless both exit 0; return their pids."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port or free_port()), WORLD_SIZE="2",
                OMP_NUM_THREADS="1")
-    logs = [spec.parent / f"rank{r}.log" for r in range(2)]
+    logs = [log_dir / f"rank{r}.log" for r in range(2)]
     procs = []
     for r, log in enumerate(logs):
         with open(log, "w") as out:
-            procs.append(subprocess.Popen([sys.executable, script, str(spec)],
-                                          env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            procs.append(subprocess.Popen(argv, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                                           stdout=out, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout_s
     try:  # a rank that fails leaves the other waiting in a collective: stop both then
@@ -63,3 +69,4 @@ def launch(script: str, spec: Path, timeout_s: float, port: int | None = None) -
                 p.wait()
     for r, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{log.read_text()[-4000:]}"
+    return [p.pid for p in procs]

@@ -46,17 +46,33 @@ def test_resume_continues_bitwise_the_same_trajectory(tiny_overrides, tmp_path, 
                 assert torch.equal(value, other["state"][idx][key]), (name, idx, key)
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_overrides, tmp_path):
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_steps_are_skipped_counted_and_limited(where, tiny_overrides, tmp_path, capsys):
+    """A NaN loss, or a finite loss with an infinite gradient: no update, a warning and a count
+    per step, and one too many in a row stops the run without saving over the last checkpoint."""
     run = tmp_path / "run"
     trainer = Trainer(make_cfg(tiny_overrides, "train.steps=20", "train.max_skipped_steps=2",
                                "train.ckpt_every=1"), run_dir=run)
     trainer.train_steps_only(2)
     saved = (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes()
-    with torch.no_grad():
-        trainer.model.lm_head.weight.fill_(float("nan"))
+    weight = trainer.model.lm_head.weight
+    if where == "loss":
+        with torch.no_grad():
+            weight.fill_(float("nan"))
+    else:
+        weight.register_hook(lambda g: g * float("inf"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    capsys.readouterr()
     # steps 3 and 4 are skipped (and not saved), step 5 is one too many
     with pytest.raises(TrainingDiverged, match="at step 5: 3 non-finite steps in a row"):
         trainer.train()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "update skipped" in line]
+    assert [w.split("update skipped (")[1] for w in warnings] == \
+        [f"{k} in a row, limit 2)" for k in (1, 2, 3)]
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert [(r["step"], r["skipped_steps"]) for r in records[2:]] == [(3, 1), (4, 2), (5, 3)]
+    for n, p in trainer.model.named_parameters():  # no update went through
+        assert torch.equal(p.detach(), before[n]) or (where == "loss" and p is weight), n
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-2"
     assert (run / "checkpoints" / "step-2" / "model.safetensors").read_bytes() == saved
 

@@ -7,7 +7,8 @@ and SHA-256 of the token files. The folder is assembled under a temporary name a
 place, so an entry is either complete or absent; one that fails the checks on open (truncated,
 altered, from another version) is rebuilt with a one-line warning. A file lock beside the entry
 makes concurrent builders (the ranks of a data-parallel run, parallel experiment arms) wait for
-the first one and then open what it built. Layout and guarantees: docs/DATA.md.
+the first one and then open what it built; each build appends a line to it (who, when). Layout
+and guarantees: docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -66,7 +69,7 @@ def get(source: Source, key: str, cache_dir: Path, kind: str, vocab_size: int | 
     """The entry for `key`, built first if it is missing or invalid."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / key[:16]
-    with _lock(cache_dir / f".{key[:16]}.lock"):
+    with _lock(cache_dir / f".{key[:16]}.lock") as lock:
         if path.exists():
             try:
                 return open_entry(path, key)
@@ -74,6 +77,7 @@ def get(source: Source, key: str, cache_dir: Path, kind: str, vocab_size: int | 
                 _warn(f"token cache {path} is invalid ({e}); rebuilding it")
                 shutil.rmtree(path)
         build(path, source, key, kind, vocab_size, val_fraction, workers, progress)
+        _record_build(lock)
         return open_entry(path, key)
 
 
@@ -293,9 +297,17 @@ def _lock(path: Path):
             _warn(f"waiting for another process using the token cache ({path.name})")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _record_build(lock) -> None:
+    """One JSON line per build, appended to the entry's lock file (held): which process built
+    it and when. Nothing reads it; it shows how often an entry was tokenised (docs/DATA.md)."""
+    lock.write((json.dumps({"built_by_pid": os.getpid(), "host": socket.gethostname(),
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n").encode())
+    lock.flush()
 
 
 def _warn(message: str) -> None:

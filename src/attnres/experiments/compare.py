@@ -25,6 +25,7 @@ from attnres import config as config_mod
 from attnres.config import Config, ResidualConfig
 from attnres.data import prepare_data
 from attnres.experiments import plots
+from attnres.train.build import model_config
 from attnres.train.metrics import read_metrics
 
 ARMS = ("prenorm", "full", "block")  # residual kinds: the baseline is the PreNorm residual
@@ -90,6 +91,10 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     data = prepare_data(first.data.source, first.data.tokenizer, first.data.vocab_size or None,
                         first.data.val_fraction, first.data.cache_dir,
                         workers=first.data.workers, text_column=first.data.text_column)
+    # the model shapes too (e.g. --seq-len beyond the preset's context): a bad one is one line
+    # here, not a traceback in an arm's process
+    for v in s.variants:
+        model_config(arm_config(s, v, s.seeds[0]), data.tokenizer.vocab_size)
     if s.workers < 1:
         raise config_mod.ConfigError(f"--workers must be >= 1, got {s.workers}")
     started = time.perf_counter()

@@ -55,6 +55,10 @@ def model_config(cfg: Config, vocab_size: int):
         if key not in keys:
             raise ConfigError(f"model.{key} does not apply to backbone {m.backbone}")
         shape[key] = value
+    if cfg.train.seq_len > shape["max_seq_len"]:  # config.check covers an explicit max_seq_len
+        raise ConfigError(f"train.seq_len = {cfg.train.seq_len} exceeds model.max_seq_len = "
+                          f"{shape['max_seq_len']} (preset {m.preset}), the longest window the "
+                          f"model takes")
     n_sublayers = units.sublayers_from_layers(shape["n_layers"])
     r = cfg.residual
     if r.kind == "block" and r.num_blocks == 0 and r.block_size > n_sublayers:
@@ -75,9 +79,11 @@ def model_config(cfg: Config, vocab_size: int):
         raise ConfigError(f"model: {err}") from None
 
 
-def build_model(cfg: Config, vocab_size: int):
-    """Seeded construction: the backbone's weights depend only on train.seed (invariant I13)."""
-    mcfg = model_config(cfg, vocab_size)
+def build_model(cfg: Config, vocab_size: int, mcfg=None):
+    """Seeded construction: the backbone's weights depend only on train.seed (invariant I13).
+    `mcfg`: `model_config(cfg, vocab_size)` when the caller has it already (its warnings then
+    come once)."""
+    mcfg = mcfg or model_config(cfg, vocab_size)
     torch.manual_seed(cfg.train.seed)
     return BACKBONES[cfg.model.backbone][1](mcfg)
 

@@ -108,7 +108,7 @@ class Trainer:
         self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
         check_length(self.data.train, self.seq_len, "training split")
         check_length(self.data.val, self.seq_len, "validation split")
-        self.model = build_model(cfg, self.data.tokenizer.vocab_size).to(self.device)
+        self.model = build_model(cfg, self.data.tokenizer.vocab_size, self.model_cfg).to(self.device)
         self.net = self.par.wrap(self.model, self.device)  # what training forwards run through
         # pp: the pipeline runner of this rank's stage (forward, backward, clip, eval go through it)
         self.runner = self.par.runner if isinstance(self.par, PipelineParallel) else None
