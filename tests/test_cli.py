@@ -102,7 +102,7 @@ def _compare(*extra):
     def argv(tmp, tiny):
         source, cache = (next(o.split("=", 1)[1] for o in tiny if o.startswith(k))
                          for k in ("data.source=", "data.cache_dir="))
-        return ["compare", "--steps", "2", "--seed", "0", "--variants", "baseline", "--data", source,
+        return ["compare", "--steps", "2", "--seed", "0", "--residual", "prenorm", "--data", source,
                 "--out", str(tmp / "compare"), "--device", "cpu", "--no-progress", "--set",
                 f"data.cache_dir={cache}", *extra]
     return argv
@@ -159,8 +159,8 @@ BAD_INPUT = {
                                "train.seq_len = 200 exceeds model.max_seq_len = 128 (preset tiny)",
                                ""),
     # docs/RELIABILITY.md: accepted with a warning (it is one block); the run trains
-    "block_size>depth": (_train("residual.kind=attnres", "attnres.block_size=9", steps=1), 0,
-                         "warning: attnres.block_size = 9 is more than the model's 4 sublayers",
+    "block_size>depth": (_train("residual.kind=block", "residual.block_size=9", steps=1), 0,
+                         "warning: residual.block_size = 9 is more than the model's 4 sublayers",
                          "subprocess"),
 }
 

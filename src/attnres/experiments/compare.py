@@ -93,8 +93,8 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
                         workers=first.data.workers, text_column=first.data.text_column)
     # the model shapes too (e.g. --seq-len beyond the preset's context): a bad one is one line
     # here, not a traceback in an arm's process
-    for v in s.variants:
-        model_config(arm_config(s, v, s.seeds[0]), data.tokenizer.vocab_size)
+    for kind in s.residuals:
+        model_config(arm_config(s, kind, s.seeds[0]), data.tokenizer.vocab_size)
     if s.workers < 1:
         raise config_mod.ConfigError(f"--workers must be >= 1, got {s.workers}")
     started = time.perf_counter()
