@@ -10,6 +10,10 @@ this machine; another reduction order or vector width, e.g. AVX-512, rounds diff
 few steps of Newton–Schulz amplify it). The exact optim.md §9 check (rel ≤ 1e-6, in practice
 bitwise) feeds distributed Muon the same gradients as single-process Muon instead.
 
+Stopped and resumed runs (FSDP2, DDP with sharded Muon, FSDP2 saved before its first update)
+save exactly what the uninterrupted run saves: checkpoints go through
+torch.distributed.checkpoint (attnres.parallel.checkpointer).
+
 All 2-process jobs run in one launch (this file is also the worker script: two plain processes
 with torchrun's environment variables); one test then compares what they wrote.
 """
@@ -40,7 +44,10 @@ JOBS = {  # name: (extra overrides, stop and resume at step)
     "dp_sharded": (["parallel.mode=dp", "optim.muon_dist=sharded"], None),
     "fsdp": (["parallel.mode=fsdp"], None),
     "fsdp_resumed": (["parallel.mode=fsdp"], SPLIT),
+    "dp_sharded_resumed": (["parallel.mode=dp", "optim.muon_dist=sharded"], SPLIT),
+    "fsdp_resumed_at_0": (["parallel.mode=fsdp"], 0),  # saved before any optimizer state exists
 }
+RESUMED = {"fsdp_resumed": "fsdp", "dp_sharded_resumed": "dp_sharded", "fsdp_resumed_at_0": "fsdp"}
 
 MUON_SHAPES = [(12, 8), (8, 12), (5, 7), (3, 6, 4)]  # tall, wide, uneven shards, experts
 MUON_KW = dict(lr=0.02, weight_decay=0.1)
@@ -110,6 +117,8 @@ def test_two_processes_match_one_process(tmp_path, run_overrides):
     for job in JOBS:
         check_job(tmp_path, job)
     check_fsdp_resume(tmp_path)
+    for resumed, straight in RESUMED.items():
+        check_resume_is_exact(tmp_path, straight, resumed)
     check_distributed_muon(tmp_path)
 
 
@@ -160,6 +169,30 @@ def check_fsdp_resume(runs: Path) -> None:
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bitwise
     (a, _), (b, _) = final_state(runs / "fsdp", STEPS), final_state(runs / "fsdp_resumed", STEPS)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def check_resume_is_exact(runs: Path, straight: str, resumed: str) -> None:
+    """A run stopped and resumed (through torch.distributed.checkpoint) saves what the
+    uninterrupted run saves: every weight, optimizer state and group, the scheduler, bitwise."""
+    assert [r["loss"] for r in train_records(runs / resumed)] == \
+        [r["loss"] for r in train_records(runs / straight)], resumed
+    (wa, sa), (wb, sb) = final_state(runs / straight, STEPS), final_state(runs / resumed, STEPS)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), resumed
+    assert same_state(sa["optimizer"], sb["optimizer"]), resumed
+    assert sa["scheduler"] == sb["scheduler"], resumed
+
+
+def same_state(a, b) -> bool:
+    """Equal nested state dicts: same keys, types (tuples stay tuples) and tensors bitwise."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def test_config_refuses_muon_modes_that_would_not_shard():

@@ -79,11 +79,22 @@ class DecoderLayer(nn.Module):
         self.mlp = ffn
 
     def forward(self, stream, cache=None) -> None:
+        self.mixer_sublayer(stream, cache)
+        self.ffn_sublayer(stream)
+
+    # the two halves, also run on their own by pipeline stages cut inside a layer
+
+    def mixer_sublayer(self, stream, cache=None) -> None:
+        """Sublayer 2j: read its input from the stream, PreNorm, mixer, write its output."""
         sub = 2 * self.index
         x = stream.read(sub)
         stream.write(sub, self.self_attn(self.attn_norm(x), cache))
-        x = stream.read(sub + 1)
-        stream.write(sub + 1, self.mlp(self.ffn_norm(x)))
+
+    def ffn_sublayer(self, stream) -> None:
+        """Sublayer 2j + 1: read, PreNorm, FFN, write."""
+        sub = 2 * self.index + 1
+        x = stream.read(sub)
+        stream.write(sub, self.mlp(self.ffn_norm(x)))
 
     def sublayer_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
         """Backbone parameters of the mixer and of the FFN sublayer (AttnRes reads excluded)."""
@@ -153,17 +164,27 @@ class DecoderLM(nn.Module, abc.ABC):
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        stream = self.residual.stream(self.embed_tokens(idx), self.reads(), record)
+        stream = self.embed(idx, record)
         for j, layer in enumerate(self.layers):
             layer(stream, cache.layers[j] if cache is not None else None)
-        h = stream.final()
-        logits = self.lm_head(self.norm(h).to(self.lm_head.weight.dtype))
+        logits = self.head(stream)
         if cache is not None:
             cache.length += T
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss + self.auxiliary_loss()
+
+    # the forward's pieces, also run on their own by pipeline stages (attnres.parallel.pipeline)
+
+    def embed(self, idx: torch.Tensor, record: DepthRecord | None = None):
+        """The residual stream that starts from the embedding of idx [B, T]."""
+        return self.residual.stream(self.embed_tokens(idx), self.reads(), record)
+
+    def head(self, stream) -> torch.Tensor:
+        """Logits [B, T, V] of the final read of `stream`, after the final norm."""
+        h = stream.final()
+        return self.lm_head(self.norm(h).to(self.lm_head.weight.dtype))
 
     def auxiliary_loss(self):
         """Extra training losses the layers ask for (e.g. an MoE balance loss); 0 by default."""

@@ -1,12 +1,15 @@
 """Parallelism applied from outside the models (STYLE.md); only this package sets up
 torch.distributed.
 
+- `parallelize`: the trainer's one entry, `parallelize(model, cfg, device)`, and the `Parallel`
+  interface it returns (one class per mode: one process, DDP, FSDP2; pipeline in `pp_train`).
+- `checkpointer`: dp / fsdp checkpoints through `torch.distributed.checkpoint.state_dict`.
 - `pp_plan`: the static plan of Block AttnRes traffic under interleaved pipelines (spec
   attnres.md §11; pure Python): `pp_plan`, `simulate`, exact block-vector counts.
 - `pipeline`: the pipelined decoder with cross-stage caching (`PipelineRunner`, `split_stages`).
-- `distributed`: the process group, DDP / FSDP2 wrapping and the trainer's `Parallel` helper.
+- `distributed`: the process group, DDP / FSDP2 wrapping (`apply_ddp`, `apply_fsdp`).
 - `dist_muon`: owner-compute Muon for DDP (`ShardedMuon`).
-- `pp_train`: the trainer's `PipelineParallel` helper (reductions, checkpoint gather and split).
+- `pp_train`: `PipelineParallel` and its checkpointer (gather to and split from one process).
 """
 
 from .pp_plan import (  # first: pipeline imports it
@@ -22,23 +25,29 @@ from .pp_plan import (  # first: pipeline imports it
 )
 from .distributed import (
     MODES,
-    Parallel,
     World,
+    apply_ddp,
+    apply_fsdp,
     cleanup,
     fsdp_units,
     init_distributed,
     is_main,
-    parallelize,
+    launch_rank,
     world,
 )
 from .dist_muon import ShardedMuon, assign_owners, shard_muon
 from .pipeline import BlockCache, PipelineChunk, PipelineRunner, payload_header, split_stages
+from .parallelize import DataParallel, FullyShardedParallel, Parallel, parallelize
 from .pp_train import PipelineParallel
+from .checkpointer import DistributedCheckpointer
 
 __all__ = [
     "MODES",
     "BlockCache",
     "Chunk",
+    "DataParallel",
+    "DistributedCheckpointer",
+    "FullyShardedParallel",
     "PPPlan",
     "Parallel",
     "PipelineChunk",
@@ -49,6 +58,8 @@ __all__ = [
     "Transition",
     "World",
     "aligned_counts",
+    "apply_ddp",
+    "apply_fsdp",
     "assign_owners",
     "chunk_bounds",
     "cleanup",
@@ -56,6 +67,7 @@ __all__ = [
     "fsdp_units",
     "init_distributed",
     "is_main",
+    "launch_rank",
     "parallelize",
     "payload_header",
     "pp_plan",

@@ -1,10 +1,9 @@
 """Data parallelism applied from outside the model (STYLE.md): the process group torchrun
-describes, DDP / FSDP2 wrapping, and the cross-rank reductions and state gathers the trainer needs.
+describes, DDP / FSDP2 wrapping (`apply_ddp`, `apply_fsdp`), and the collectives the trainer's
+`attnres.parallel.parallelize` objects use.
 
 The models know nothing of torch.distributed; this package alone sets it up (here, and
 `dist_muon.py` for the owner-compute Muon; `attnres.optim.Muon` only recognises DTensor units).
-`Parallel("none")` is the single-process run: every method is then the identity and nothing
-communicates.
 
 Modes (`parallel.mode`):
 - `dp`: `DistributedDataParallel` with `static_graph=True`. The first sublayer's AttnRes read
@@ -24,8 +23,8 @@ Modes (`parallel.mode`):
   sharded on dim 0; mixed precision stays off (autocast covers a bf16 compute dtype).
 
 Checkpoints stay in the single-process format (spec optim.md §9: full heavy-ball momentum per
-unit): every rank takes part in gathering the full weights and optimizer state, rank 0 writes
-them with `attnres.train.checkpoint`, and a resume copies each rank's shard back out of them.
+unit): `attnres.parallel.checkpointer` gathers and restores them with
+`torch.distributed.checkpoint.state_dict`.
 """
 
 from __future__ import annotations
@@ -87,6 +86,12 @@ def is_main() -> bool:
     return world().rank == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher (torchrun's RANK) gives it, before any process group
+    exists; 0 without a launcher."""
+    return world().rank if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -109,25 +114,22 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def parallelize(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """Apply `mode` to `model` (already on `device`); returns the module to run training
-    forwards through: `model` itself for none and fsdp (sharded in place), a DDP wrapper for dp.
-    """
-    if mode not in MODES:
-        raise ValueError(f"parallel mode {mode!r} is not one of {', '.join(MODES)}")
-    if mode == "none":
-        return model
-    if not dist.is_initialized():
-        raise RuntimeError("parallelize: call init_distributed() first")
-    if mode == "dp":
-        import inspect
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [device.index] if device.type == "cuda" else None
-        # buffers (MoE bias, counts, max logits) start equal and are kept equal by the trainer's
-        # reductions: no broadcast before each forward (newer torch renamed the keyword)
-        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in \
-            inspect.signature(DDP.__init__).parameters else "broadcast_buffers"
-        return DDP(model, device_ids=ids, static_graph=True, **{no_sync: False})
+def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` (on `device`) in `DistributedDataParallel`: the module to run training forwards
+    through; `model` itself stays the unwrapped one."""
+    import inspect
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [device.index] if device.type == "cuda" else None
+    # buffers (MoE bias, counts, max logits) start equal and are kept equal by the trainer's
+    # reductions: no broadcast before each forward (newer torch renamed the keyword)
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in \
+        inspect.signature(DDP.__init__).parameters else "broadcast_buffers"
+    return DDP(model, device_ids=ids, static_graph=True, **{no_sync: False})
+
+
+def apply_fsdp(model: nn.Module, device: torch.device) -> nn.Module:
+    """Shard `model` (on `device`) in place with FSDP2: each `fsdp_units` module, then the root.
+    Returns `model`."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     # FSDP2 registers new (DTensor) parameter objects: carry over the attributes set on the old
@@ -162,46 +164,6 @@ def local_shard(full: torch.Tensor, like) -> torch.Tensor:
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
-def gather_full(obj: Any) -> Any:
-    """`obj` (nested dicts / lists / tuples) with every DTensor replaced by its full tensor.
-    Collective: every rank calls it on the same structure, in the same order."""
-    if _is_dtensor(obj):
-        return obj.full_tensor()
-    if isinstance(obj, dict):
-        return {k: gather_full(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(gather_full(v) for v in obj)
-    return obj
-
-
-@torch.no_grad()
-def load_full_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy full tensors into `model`'s parameters and buffers; a DTensor keeps its shard only."""
-    own = model.state_dict()
-    for name, value in tensors.items():
-        target = own[name]
-        if _is_dtensor(target):
-            target.to_local().copy_(local_shard(value, target))
-        else:
-            target.copy_(value)
-
-
-@torch.no_grad()
-def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """After loading a full (gathered) state dict: a state tensor of a DTensor parameter with the
-    parameter's full shape becomes the matching DTensor shard (scalars such as `step` stay)."""
-    from torch.distributed.tensor import DTensor
-    for opt in getattr(optimizer, "optimizers", {"": optimizer}).values():
-        for p, state in opt.state.items():
-            if not _is_dtensor(p):
-                continue
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and not _is_dtensor(value) \
-                        and value.shape == p.shape:
-                    state[key] = DTensor.from_local(local_shard(value, p), p.device_mesh,
-                                                    p.placements, shape=p.shape, stride=p.stride())
-
-
 @contextlib.contextmanager
 def full_weights(modules: Iterable[nn.Module], name: str = "weight"):
     """Within the block, each module's sharded `name` parameter is replaced by a plain full copy
@@ -224,137 +186,9 @@ def full_weights(modules: Iterable[nn.Module], name: str = "weight"):
                 m._parameters[name] = p
 
 
-class StateSnapshot:
-    """A gathered state dict behind the `state_dict()` call `save_checkpoint` makes."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
-
-
-class _FullLoader:
-    """`load_state_dict` with full tensors for a sharded model (`checkpoint.load_weights`
-    checks names and shapes against `state_dict()`, whose DTensors report full shapes)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def state_dict(self) -> dict:
-        return self.model.state_dict()
-
-    def load_state_dict(self, tensors: dict) -> None:
-        load_full_state_dict(self.model, tensors)
-
-
-# --- what the trainer uses ---------------------------------------------------------------------
-
-class Parallel:
-    """The trainer's view of data parallelism: join, wrap, reduce, gather for checkpoints.
-
-    `Parallel("none")` never touches torch.distributed and every method is the identity, so a
-    single-process run is unchanged. For dp/fsdp it joins torchrun's process group.
-    """
-
-    def __init__(self, mode: str = "none", backend: str = "auto",
-                 device: torch.device | None = None):
-        if mode not in MODES:
-            raise ValueError(f"parallel mode {mode!r} is not one of {', '.join(MODES)}")
-        self.mode = mode
-        device_type = device.type if device is not None else None
-        self.world = init_distributed(backend, device_type) if mode != "none" else World()
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode != "none"
-
-    @property
-    def sharded(self) -> bool:
-        return self.mode == "fsdp"
-
-    @property
-    def is_main(self) -> bool:
-        return self.world.rank == 0
-
-    @property
-    def data_world(self) -> World:
-        """The ranks that split the global batch: all of them."""
-        return self.world
-
-    def device(self, device: torch.device) -> torch.device:
-        return local_device(device) if self.enabled else device
-
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        return parallelize(model, self.mode, device)
-
-    def trainable(self, model: nn.Module) -> nn.Module:
-        """What the optimizer is built over: the whole model."""
-        return model
-
-    def shard_muon(self, optimizer, muon_dist: str):
-        """`sharded` owner-compute Muon (spec optim.md §9) for dp; `replicated` is the default."""
-        if muon_dist != "sharded" or not self.enabled:
-            return optimizer
-        from .dist_muon import shard_muon
-        return shard_muon(optimizer, self.world.rank, self.world.size)
-
-    # reductions over the data-parallel group (None in a single process: nothing to reduce)
-    @property
-    def sum_(self):
-        return _all_reduce_sum if self.enabled else None
-
-    @property
-    def max_(self):
-        return _all_reduce_max if self.enabled else None
-
-    def mean(self, value: float) -> float:
-        """The mean of a per-rank scalar (equal shards of the global batch: the global mean)."""
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(t)
-        return float(t) / self.world.size
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def _comm_device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) \
-            if dist.get_backend() == "nccl" else torch.device("cpu")
-
-    # state for checkpoints: one full, world-size independent copy
-    def snapshot(self, model: nn.Module, optimizer, scheduler) -> tuple[Any, Any, Any]:
-        """Full model, optimizer and scheduler state as objects with `state_dict()`. Collective
-        for dp/fsdp (every rank calls it); the objects themselves in a single process."""
-        if not self.enabled:
-            return model, optimizer, scheduler
-        model_state = {k: v.detach() for k, v in gather_full(model.state_dict()).items()}
-        return StateSnapshot(model_state), StateSnapshot(gather_full(optimizer.state_dict())), scheduler
-
-    def local_optimizer_state(self, full: dict, optimizer, model: nn.Module) -> dict:
-        """What this rank's optimizer loads of a checkpoint's (full) optimizer state."""
-        return full
-
-    def local_scheduler_state(self, full: dict, optimizer) -> dict:
-        return full
-
-    def loadable(self, model: nn.Module):
-        """What `checkpoint.load_weights` loads full weights into."""
-        return _FullLoader(model) if self.sharded else model
-
-    def after_optimizer_load(self, optimizer) -> None:
-        if self.sharded:
-            shard_optimizer_state(optimizer)
-
-    def full_weights(self, modules: Iterable[nn.Module]):
-        return full_weights(modules) if self.sharded else contextlib.nullcontext()
-
-
-def _all_reduce_sum(t: torch.Tensor) -> None:
+def all_reduce_sum(t: torch.Tensor) -> None:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
-def _all_reduce_max(t: torch.Tensor) -> None:
+def all_reduce_max(t: torch.Tensor) -> None:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

@@ -9,7 +9,9 @@ module adds, is the block payload:
 - Split (`split_stages`). The L sublayers are cut into C = P·V contiguous chunks (pp_plan's
   sizes; a cut may fall between a layer's mixer and FFN). Chunk c runs on rank (c−1) mod P in
   virtual stage ⌈c/P⌉ − 1; the first chunk also embeds, the last does the final read, norm and
-  head. The model's own modules are shared, not copied.
+  head. The model's own modules are shared, not copied, and its own forward pieces run them
+  (`DecoderLM.embed`, `DecoderLayer.mixer_sublayer` / `ffn_sublayer`, `DecoderLM.head`): this
+  module adds only the payload between chunks.
 - Payload. Chunk c sends `(packed, header)`: packed = [count(+1), B, T, d] holds the blocks the
   receiver lacks and, when a block is open, the partial sum (PreNorm: just the hidden state);
   header = (first_block_id, count, has_partial) as int64. The receiver checks both against the
@@ -53,20 +55,22 @@ Header = tuple[int, int, int]   # (first_block_id, count, has_partial)
 
 
 class _Sublayer(nn.Module):
-    """Sublayer `sub` (0-based) of a decoder layer: its read, PreNorm and mixer or FFN. The two
-    halves of `DecoderLayer.forward`, so that a chunk boundary may fall inside a layer."""
+    """Sublayer `sub` (0-based) of a decoder layer, so that a chunk boundary may fall inside a
+    layer: it holds that half's modules (its read, PreNorm and mixer or FFN, so the chunk owns
+    their parameters) and runs the layer's own half (`DecoderLayer.mixer_sublayer` or
+    `ffn_sublayer`)."""
 
     def __init__(self, layer: nn.Module, sub: int):
         super().__init__()
         self.sub = sub
-        self.is_mixer = sub % 2 == 0
-        self.read = layer.res_mixer if self.is_mixer else layer.res_ffn   # None for PreNorm
-        self.norm = layer.attn_norm if self.is_mixer else layer.ffn_norm
-        self.f = layer.self_attn if self.is_mixer else layer.mlp
+        is_mixer = sub % 2 == 0
+        self.read = layer.res_mixer if is_mixer else layer.res_ffn   # None for PreNorm
+        self.norm = layer.attn_norm if is_mixer else layer.ffn_norm
+        self.f = layer.self_attn if is_mixer else layer.mlp
+        self._run = layer.mixer_sublayer if is_mixer else layer.ffn_sublayer  # not a submodule
 
     def forward(self, stream) -> None:
-        x = self.norm(stream.read(self.sub))      # the stream calls self.read
-        stream.write(self.sub, self.f(x, None) if self.is_mixer else self.f(x))
+        self._run(stream)
 
 
 class BlockCache:
@@ -140,6 +144,7 @@ class PipelineChunk(nn.Module):
             self.final_res, self.norm, self.lm_head = model.final_res, model.norm, model.lm_head
         self._residual = model.residual
         self._reads = model.reads()               # a plain list: the stream indexes it by sub
+        self._embed, self._model_head = model.embed, model.head   # the model's own pieces
         self.d_model = model.embed_tokens.embedding_dim
         emb, state = model.embed_tokens.weight.dtype, model.residual.state_dtype
         self.state_dtype = emb if state is None else torch.promote_types(state, emb)
@@ -156,7 +161,7 @@ class PipelineChunk(nn.Module):
     def forward(self, *inputs: torch.Tensor, microbatch: torch.Tensor):
         mb = int(microbatch.reshape(-1)[0])
         if self.is_first:
-            stream = self._residual.stream(self.embed_tokens(inputs[0]), self._reads)
+            stream = self._embed(inputs[0])
             if self._cache is not None and self.n_vstages > 1:
                 self._cache.keep(mb, [_cache_leaf(stream.completed[0])])
         else:
@@ -221,8 +226,7 @@ class PipelineChunk(nn.Module):
         return packed, torch.tensor(self.header_out, dtype=torch.int64, device=packed.device)
 
     def _head(self, stream) -> torch.Tensor:
-        h = stream.final()
-        logits = self.lm_head(self.norm(h).to(self.lm_head.weight.dtype))
+        logits = self._model_head(stream)
         return logits.to(torch.promote_types(logits.dtype, torch.float32))   # as DecoderLM's loss
 
     # static message shapes for micro-batches [b, T] (meta tensors: only their metadata is read)

@@ -1,9 +1,10 @@
-"""The trainer's view of pipeline parallelism (`parallel.pp > 1`, docs/DISTRIBUTED.md).
+"""Pipeline parallelism behind the trainer's `Parallel` interface (`parallel.pp > 1`,
+docs/DISTRIBUTED.md).
 
-`PipelineParallel` stands where `distributed.Parallel` stands for dp/fsdp: it joins torchrun's
-process group (world size = P), wraps the model in a `PipelineRunner`, reduces the QK-Clip and
-MoE statistics over the pipeline ranks, and turns checkpoints to and from the single-process
-layout.
+`PipelineParallel` is what `attnres.parallel.parallelize` returns for pp > 1: it joins
+torchrun's process group (world size = P), keeps this rank's stages of the model in a
+`PipelineRunner`, reduces the QK-Clip and MoE statistics over the pipeline ranks, and its
+`PipelineCheckpointer` turns checkpoints to and from the single-process layout.
 
 Data. Every rank takes the whole batch (the first stage embeds it, the last computes the loss);
 the runner reports the batch's loss on every rank, so no reduction is needed for logging.
@@ -30,15 +31,17 @@ and scheduler state, the entries of its own parameters and groups.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .distributed import StateSnapshot, World, init_distributed, local_device
+from attnres.train.checkpoint import Checkpointer
+
+from .distributed import World, init_distributed, local_device
+from .parallelize import Distributed
 from .pipeline import PipelineRunner
 
 # scheduler state entries with one value per optimizer param group (LambdaLR)
@@ -47,124 +50,124 @@ _PER_GROUP = ("base_lrs", "_last_lr", "lr_lambdas")
 Layout = dict[str, list[tuple[str, list[str]]]]   # inner optimizer -> [(group name, [param names])]
 
 
-class PipelineParallel:
-    """Pipeline parallelism for the trainer: P ranks, V virtual stages, M micro-batches.
+class PipelineParallel(Distributed):
+    """Pipeline parallelism for the trainer: P ranks, V virtual stages, M micro-batches
+    (`cfg.parallel`: pp, virtual_stages, pp_cache, microbatches). Every rank builds the whole
+    model from the same seed and keeps its stages."""
 
-    Args:
-        P, V, cache, n_microbatches: as `PipelineRunner`.
-        backend: torch.distributed backend ("auto": nccl for CUDA training, else gloo).
-        device: the configured training device (cuda becomes cuda:LOCAL_RANK).
-    """
-
-    mode = "none"          # no data parallelism
-    sharded = False
-    enabled = True
-
-    def __init__(self, P: int, V: int, cache: bool, n_microbatches: int, backend: str = "auto",
-                 device: torch.device | None = None):
+    def _join(self, cfg, device: torch.device) -> torch.device:
         from attnres.config import ConfigError
-        self.P, self.V, self.cache, self.M = P, V, cache, n_microbatches
+        par = cfg.parallel
+        self.P, self.V, self.cache = par.pp, par.virtual_stages, par.pp_cache
+        self.M = par.pp_microbatches(cfg.train.batch_size)
         if not dist.is_initialized() and "WORLD_SIZE" not in os.environ:
-            raise ConfigError(f"parallel.pp = {P} runs under torchrun: torchrun --standalone "
-                              f"--nproc-per-node {P} -m attnres.cli train --pp {P} ...")
-        self.world = init_distributed(backend, device.type if device is not None else None)
-        if self.world.size != P:
-            raise ConfigError(f"parallel.pp = {P} needs {P} processes, this world has "
-                              f"{self.world.size}; launch with torchrun --nproc-per-node {P}")
-        self.runner: PipelineRunner | None = None
-        self._full_layout: Layout | None = None
-        self._full_groups: list[str] = []
-
-    # --- what the trainer shares with distributed.Parallel ------------------------------------
-
-    @property
-    def is_main(self) -> bool:
-        return self.world.rank == 0
-
-    @property
-    def data_world(self) -> World:
-        """Every rank loads the whole batch."""
-        return World()
-
-    def device(self, device: torch.device) -> torch.device:
+            raise ConfigError(f"parallel.pp = {self.P} runs under torchrun: torchrun --standalone "
+                              f"--nproc-per-node {self.P} -m attnres.cli train --pp {self.P} ...")
+        self.world = init_distributed(par.backend, device.type)
+        if self.world.size != self.P:
+            raise ConfigError(f"parallel.pp = {self.P} needs {self.P} processes, this world has "
+                              f"{self.world.size}; launch with torchrun --nproc-per-node {self.P}")
         return local_device(device)
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """Build the runner (this rank's chunks of `model`); returns `model` itself."""
+    def _apply(self, model: nn.Module) -> nn.Module:
+        """The runner of this rank's chunks of `model`; `model` itself stays whole."""
         from attnres.config import ConfigError
         try:
             self.runner = PipelineRunner(model, self.P, self.V, cache=self.cache,
                                          n_microbatches=self.M)
         except ValueError as err:
             raise ConfigError(f"parallel.pp: {err}") from None
+        self.current = True                     # every rank's model is the whole current one
+        self._full_layout: Layout = {}
+        self._full_groups: list[str] = []
         return model
 
-    def trainable(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        """What the optimizer is built over: this rank's stage parameters."""
-        return self.runner.named_parameters()
-
-    def shard_muon(self, optimizer, muon_dist: str):
-        return optimizer
-
     @property
-    def sum_(self):
-        return _all_reduce_sum
+    def data_world(self) -> World:
+        """Every rank loads the whole batch."""
+        return World()
 
-    @property
-    def max_(self):
-        return _all_reduce_max
+    def main_model(self) -> nn.Module | None:
+        """Rank 0's model is whole and current before training and after a checkpoint gathered
+        every stage into it, not after a step (the other stages' weights are then stale)."""
+        return self.model if self.is_main and self.current else None
 
-    def mean(self, value: float) -> float:
-        return value                   # the runner's loss is already the batch's, on every rank
+    def check_eval(self, batches) -> None:
+        from attnres.config import ConfigError
+        if any(len(x) % self.M for x, _ in batches):
+            raise ConfigError(f"the validation split gives a batch of {len(batches[-1][0])} "
+                              f"windows, not divisible by the {self.M} pipeline "
+                              f"micro-batches; use more data or a shorter train.seq_len")
 
-    def barrier(self) -> None:
-        dist.barrier()
+    def build_optimizer(self, make: Callable):
+        """The optimizer over this rank's stage parameters; checkpoints use the layout of the
+        one a single process builds over the whole model."""
+        full = make(self.model)
+        self._full_layout = _layout(full, self.model)
+        self._full_groups = [g["name"] for g in full.param_groups]
+        return make(self.runner.named_parameters())
 
-    def loadable(self, model: nn.Module) -> nn.Module:
-        return model                   # every rank holds the whole model
+    def forward_backward(self, x, y, max_norm):
+        """Forward and backward of the M micro-batches, then the clip over every stage's
+        gradients; the loss and the norm are the whole batch's, the same on every rank (so
+        every rank skips a non-finite step together)."""
+        with self.autocast():
+            value, stats = self.runner.train_step(x, y)
+        self.current = False
+        return value, self.runner.clip_grad_norm_(max_norm), stats
 
-    def after_optimizer_load(self, optimizer) -> None:
-        pass
+    @torch.no_grad()
+    def eval_loss(self, x, y) -> float:
+        with self.autocast():
+            return self.runner.eval_loss(x, y)
 
-    def full_weights(self, modules):
-        return contextlib.nullcontext()
+    def checkpointer(self, optimizer, scheduler) -> Checkpointer:
+        return PipelineCheckpointer(self, optimizer, scheduler)
 
-    # --- checkpoints --------------------------------------------------------------------------
 
-    def set_full_layout(self, full_optimizer, model: nn.Module) -> None:
-        """Record the layout of the optimizer one process builds over the whole `model`."""
-        self._full_layout = _layout(full_optimizer, model)
-        self._full_groups = [g["name"] for g in full_optimizer.param_groups]
+class PipelineCheckpointer(Checkpointer):
+    """Gathers the stages' weights and optimizer state to rank 0 in the single-process layout;
+    on load, every rank keeps its stages' part."""
 
-    def snapshot(self, model: nn.Module, optimizer, scheduler) -> tuple[Any, Any, Any]:
-        """Collective. On rank 0: the whole model (its stage parameters refreshed from every
-        rank) and the merged optimizer and scheduler states in the single-process layout;
-        on the other ranks: (model, None, None)."""
-        own = {n: p.detach().cpu() for n, p in self.runner.named_parameters()}
+    def __init__(self, par: PipelineParallel, optimizer, scheduler):
+        super().__init__(par.model, optimizer, scheduler, is_main=par.is_main,
+                         barrier=par.barrier)
+        self.par = par
+
+    def full_state(self):
+        """Collective. On rank 0: the whole model's weights (its stage parameters refreshed from
+        every rank) and the merged optimizer and scheduler states; None on the other ranks."""
+        par, model, optimizer = self.par, self.model, self.optimizer
+        own = {n: p.detach().cpu() for n, p in par.runner.named_parameters()}
         local = (own, _named_optimizer(optimizer.state_dict(), _layout(optimizer, model)),
-                 _named_scheduler(scheduler.state_dict(), [g["name"] for g in optimizer.param_groups]))
-        parts = [None] * self.P if self.is_main else None
+                 _named_scheduler(self.scheduler.state_dict(),
+                                  [g["name"] for g in optimizer.param_groups]))
+        parts = [None] * par.P if par.is_main else None
         dist.gather_object(_to_cpu(local), parts, dst=0)
-        if not self.is_main:
-            return model, None, None
+        if not par.is_main:
+            return None
         params = dict(model.named_parameters())
         with torch.no_grad():
             for weights, _, _ in parts:
                 for name, value in weights.items():
                     params[name].copy_(value)
+        par.current = True
         named_opt = _merge_optimizers([p[1] for p in parts])
         named_sched = _merge_schedulers([p[2] for p in parts])
-        return (model, StateSnapshot(_optimizer_state(named_opt, self._full_layout)),
-                StateSnapshot(_scheduler_state(named_sched, self._full_groups)))
+        return (model.state_dict(), _optimizer_state(named_opt, par._full_layout),
+                _scheduler_state(named_sched, par._full_groups))
 
-    def local_optimizer_state(self, full: dict, optimizer, model: nn.Module) -> dict:
-        """This rank's part of a single-process optimizer state dict."""
-        return _optimizer_state(_named_optimizer(full, self._full_layout),
-                                _layout(optimizer, model))
-
-    def local_scheduler_state(self, full: dict, optimizer) -> dict:
-        named = _named_scheduler(full, self._full_groups)
-        return _scheduler_state(named, [g["name"] for g in optimizer.param_groups])
+    def restore(self, weights, optimizer, scheduler) -> None:
+        """Every rank: the full weights into its whole model; of the optimizer and scheduler
+        state, the entries of its own parameters and groups."""
+        par = self.par
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(_optimizer_state(
+            _named_optimizer(optimizer, par._full_layout), _layout(self.optimizer, self.model)))
+        groups = [g["name"] for g in self.optimizer.param_groups]
+        self.scheduler.load_state_dict(
+            _scheduler_state(_named_scheduler(scheduler, par._full_groups), groups))
+        par.current = True
 
 
 # --- state dicts by name ---------------------------------------------------------------------
@@ -254,10 +257,3 @@ def _to_cpu(obj: Any) -> Any:
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
 
-
-def _all_reduce_sum(t: torch.Tensor) -> None:
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-
-
-def _all_reduce_max(t: torch.Tensor) -> None:
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)

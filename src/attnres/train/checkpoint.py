@@ -17,6 +17,11 @@ still be loaded for `attnres generate`, since safetensors holds only tensors.
 A checkpoint is written into a temporary sibling folder, every file fsync'ed, then renamed into
 place, and only then is `latest` (a one-line text file) replaced the same way. A crash at any
 point leaves the previous checkpoint and `latest` intact.
+
+`Checkpointer` is what the trainer saves and resumes through: `save(...)` and `load(where)`. This
+class is the single-process one; the parallel modes (`attnres.parallel`) subclass it and change
+only how the full state is gathered (`full_state`) and restored (`restore`), so that every mode
+writes and reads this one layout.
 """
 
 from __future__ import annotations
@@ -44,9 +49,12 @@ class CheckpointError(RuntimeError):
     """A missing, corrupt or mismatched checkpoint; the message is one line naming the path."""
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer,
-                    scheduler, meta: dict[str, Any], extra_state: dict[str, Any] | None = None,
+def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Tensor],
+                    optimizer: dict[str, Any], scheduler: dict[str, Any] | None,
+                    meta: dict[str, Any], extra_state: dict[str, Any] | None = None,
                     keep: int = 2) -> Path:
+    """Write checkpoint `step` of `run_dir` from full state dicts (weights: the model's
+    `state_dict()`; optimizer, scheduler: theirs)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
@@ -57,8 +65,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
 
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
         "rng": rng_state(),
         "extra": extra_state or {},
     }
@@ -66,7 +74,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
     plain = encode_state(state, tensors)
     files = {
         "model.safetensors": save({k: v.detach().contiguous().cpu()
-                                   for k, v in model.state_dict().items()}),
+                                   for k, v in weights.items()}),
         "state.safetensors": save(tensors),
         "state.json": json.dumps(plain).encode(),
     }
@@ -121,13 +129,26 @@ def load_meta(ckpt: Path) -> dict[str, Any]:
 
 
 def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
+    """Load the checkpoint's weights into `model` (after `read_weights` and `check_weights`)."""
+    tensors = read_weights(ckpt)
+    check_weights(ckpt, tensors, model.state_dict())
+    model.load_state_dict(tensors)
+
+
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The tensors of model.safetensors, after its SHA-256 matches."""
     path = ckpt / "model.safetensors"
     data = _read_checked(ckpt, "model.safetensors")
     try:
-        tensors = load_tensors(data)
+        return load_tensors(data)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt ({str(err).splitlines()[0]})") from None
-    own = model.state_dict()
+
+
+def check_weights(ckpt: Path, tensors: dict[str, torch.Tensor], own: dict[str, Any]) -> None:
+    """Refuse weights whose names or shapes differ from the model's state dict `own` (a sharded
+    model's DTensors report their full shapes)."""
+    path = ckpt / "model.safetensors"
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     if missing or unexpected:
@@ -137,7 +158,6 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
         if value.shape != own[name].shape:
             raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the model "
                                   f"expects {tuple(own[name].shape)}")
-    model.load_state_dict(tensors)
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
@@ -185,6 +205,73 @@ def _read_checked(ckpt: Path, name: str) -> bytes:
         raise CheckpointError(f"{path}: corrupt (SHA-256 {got[:12]}..., meta.json records "
                               f"{want[:12]}...)")
     return data
+
+
+class Checkpointer:
+    """Saves and restores a run's model, optimizer, scheduler and RNG state (one process).
+
+    `save` and `load` are collective in the parallel subclasses: every rank calls them.
+    Subclasses override `full_state` (gather the full state dicts, single-process layout) and
+    `restore` (put full state dicts back into this rank's model and optimizer).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer, scheduler, is_main: bool = True,
+                 barrier=None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.is_main = is_main
+        self._barrier = barrier
+
+    def full_state(self) -> tuple[dict, dict, dict] | None:
+        """(weights, optimizer state, scheduler state) in the single-process layout, on the
+        rank that writes; None on the others."""
+        return self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()
+
+    def restore(self, weights: dict[str, torch.Tensor], optimizer: dict, scheduler: dict) -> None:
+        """Load full state dicts (as `full_state` returns them) into this rank's objects."""
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
+
+    def save(self, run_dir: str | Path, step: int, meta: dict[str, Any],
+             extra_state: dict[str, Any] | None = None) -> Path:
+        """Write checkpoint `step` (rank 0 writes, every rank waits for it); returns its path."""
+        state = self.full_state()
+        path = Path(run_dir) / "checkpoints" / f"step-{step}"
+        if state is not None:
+            path = save_checkpoint(run_dir, step, *state, meta, extra_state)
+        if self._barrier is not None:
+            self._barrier()
+        return path
+
+    def load(self, ckpt: Path) -> dict[str, Any]:
+        """Restore the model, optimizer, scheduler and RNG from checkpoint folder `ckpt`;
+        returns its trainer state (step, extra, ...). Errors are one-line `CheckpointError`s."""
+        weights = read_weights(ckpt)
+        check_weights(ckpt, weights, self.model.state_dict())
+        state = load_state(ckpt)
+        try:
+            self.restore(weights, state["optimizer"], state["scheduler"])
+            set_rng_state(state["rng"])
+        except (KeyError, IndexError, ValueError, RuntimeError, TypeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{ckpt}/state.json: cannot restore ({reason})") from None
+        check_optimizer_shapes(ckpt, self.optimizer)
+        return state
+
+
+def check_optimizer_shapes(ckpt: Path, optimizer) -> None:
+    """Refuse per-parameter optimizer state of another shape before any step runs
+    (`load_state_dict` itself accepts it and the step would crash). A sharded (DTensor) state
+    and its parameter both report full shapes."""
+    inner = getattr(optimizer, "optimizers", {"optimizer": optimizer})
+    for name, opt in inner.items():
+        for p, st in opt.state.items():
+            for key, value in st.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{ckpt}/state.safetensors: {name} {key} has shape "
+                        f"{tuple(value.shape)}, its parameter {tuple(p.shape)}; saved for "
+                        f"another model?")
 
 
 # --- the trainer state as JSON plus named tensors -------------------------------------------

@@ -10,20 +10,14 @@ SIGINT / SIGTERM finish the current step, save a checkpoint and raise `TrainingI
 second SIGINT aborts at once. Rank 0 holds `<run>/.lock` while it trains, so one process writes
 a run folder; `--resume` continues in the checkpoint's run folder.
 
-Data parallelism (`parallel.mode` dp | fsdp, under torchrun; docs/DISTRIBUTED.md) is applied from
-outside by `attnres.parallel.distributed.Parallel`: `train.batch_size` is the global batch and each
-rank trains on its slice of it; gradients are averaged by DDP / FSDP2, MoE counts summed and
-QK-Clip maxima max-reduced through the `reduce` hooks; logged losses are the global mean; only
-rank 0 writes metrics, progress and checkpoints (gathered full state, the single-process format).
-With `parallel.mode = none` nothing communicates and the run is the single-process one.
-
-Pipeline parallelism (`parallel.pp` > 1, under torchrun with pp processes) is applied by
-`attnres.parallel.pp_train.PipelineParallel`: every rank builds the whole model from the same
-seed and keeps its stage (`PipelineRunner`); the optimizer covers the stage's parameters; every
-rank loads the whole batch; forward and backward are the runner's `train_step` (M micro-batches),
-the clip its cross-stage global norm, evaluation its `eval_loss`; QK-Clip maxima and MoE counts are
-reduced over the pipeline ranks; checkpoints are gathered to rank 0 in the single-process layout.
-Train records then also hold the block-vector counts of §11 (`pp_block_vectors_sent`, ...).
+Parallelism (`parallel.mode` dp | fsdp, `parallel.pp` > 1; under torchrun, docs/DISTRIBUTED.md)
+is applied from outside by `attnres.parallel.parallelize`, whose `Parallel` object the trainer
+drives without asking which mode it is: this rank's slice of the global batch (`data_world`),
+forward, backward and the global-norm clip (`forward_backward`), evaluation (`eval_loss`), the
+reductions of the MoE counts and QK-Clip maxima (`reduce_sum`, `reduce_max`), and a
+`Checkpointer` that writes and reads the single-process layout (attnres.train.checkpoint). Only
+rank 0 writes metrics, progress and checkpoints. With `parallel.mode = none` and pp 1 nothing
+communicates and the run is the single-process one.
 """
 
 from __future__ import annotations
@@ -50,8 +44,7 @@ from attnres.data import BatchLoader, TokenData, check_length, eval_batches, pre
 from attnres.data.tokenizer import tokenizer_from_dict
 from attnres.optim import build_optimizer, build_scheduler
 from attnres.optim.qk_clip import apply_qk_clip, attention_layers, enable_tracking, reset_max_logits
-from attnres.parallel.distributed import Parallel
-from attnres.parallel.pp_train import PipelineParallel
+from attnres.parallel import launch_rank, parallelize
 from attnres.train import checkpoint as ckpt
 from attnres.layers.moe import moe_layers, update_all_biases
 from attnres.train.build import build_model, model_config, model_meta, resolve_device
@@ -96,31 +89,26 @@ class Trainer:
             where = ckpt.resolve_checkpoint(resume)
             run_dir = where.parent.parent if where.parent.name == "checkpoints" else None
         self.run_dir = Path(run_dir or cfg.train.out_dir)
-        device = resolve_device(cfg.train.device)
-        self.par = make_parallel(cfg, device)  # mode none, pp 1: one process, no communication
-        self.device = self.par.device(device)
         self.data = data or prepare_data(cfg.data.source, cfg.data.tokenizer,
                                          cfg.data.vocab_size or None, cfg.data.val_fraction,
                                          cfg.data.cache_dir, workers=cfg.data.workers,
                                          text_column=cfg.data.text_column,
-                                         progress=cfg.train.progress and self.par.is_main)
+                                         progress=cfg.train.progress and launch_rank() == 0)
         self.model_cfg = model_config(cfg, self.data.tokenizer.vocab_size)
         self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
         check_length(self.data.train, self.seq_len, "training split")
         check_length(self.data.val, self.seq_len, "validation split")
-        self.model = build_model(cfg, self.data.tokenizer.vocab_size, self.model_cfg).to(self.device)
-        self.net = self.par.wrap(self.model, self.device)  # what training forwards run through
-        # pp: the pipeline runner of this rank's stage (forward, backward, clip, eval go through it)
-        self.runner = self.par.runner if isinstance(self.par, PipelineParallel) else None
-        self.optimizer = self._build_optimizer(self.par.trainable(self.model))
-        self.optimizer = self.par.shard_muon(self.optimizer, cfg.optim.muon_dist)
-        if self.runner is not None:  # checkpoints use the optimizer layout of one process
-            self.par.set_full_layout(self._build_optimizer(self.model), self.model)
+        self.model = build_model(cfg, self.data.tokenizer.vocab_size, self.model_cfg)
+        # DDP / FSDP2 / pipeline stages, on this rank's device
+        self.par = parallelize(self.model, cfg, resolve_device(cfg.train.device))
+        self.device = self.par.device
+        self.optimizer = self.par.build_optimizer(self._build_optimizer)
         warmup = None if cfg.sched.warmup_steps < 0 else cfg.sched.warmup_steps
         self.scheduler = build_scheduler(self.optimizer, kind=cfg.sched.kind,
                                          total_steps=cfg.train.steps, warmup_steps=warmup,
                                          decay_frac=cfg.sched.decay_frac,
                                          final_ratio=cfg.sched.final_ratio, shape=cfg.sched.shape)
+        self.checkpointer = self.par.checkpointer(self.optimizer, self.scheduler)
         world = self.par.data_world  # each rank takes its slice of the global batch (pp: all of it)
         if cfg.train.batch_size % world.size:
             raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is "
@@ -130,11 +118,8 @@ class Trainer:
                                   world_size=world.size)
         self.eval_set = eval_batches(self.data.val, cfg.train.batch_size, self.seq_len,
                                      cfg.train.eval_batches)
-        if self.runner is not None and any(len(x) % self.runner.M for x, _ in self.eval_set):
-            raise ConfigError(f"the validation split gives a batch of {len(self.eval_set[-1][0])} "
-                              f"windows, not divisible by the {self.runner.M} pipeline "
-                              f"micro-batches; use more data or a shorter train.seq_len")
-        self._pp_stats: dict[str, int] = {}  # pp: block-vector counts of the last step
+        self.par.check_eval(self.eval_set)
+        self._step_stats: dict[str, int] = {}  # the last step's extras (pp: block-vector counts)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.skipped_steps = 0  # non-finite steps skipped, in all
@@ -144,7 +129,7 @@ class Trainer:
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
         # QK-Clip (optim.md §6): attention layers track their per-head max logit while training.
         self.qk_clip = cfg.optim.qk_clip_enabled() and enable_tracking(self.model) > 0
-        # FSDP: the q/k weights QK-Clip rescales are gathered whole around it
+        # the q/k weights QK-Clip rescales (FSDP2: gathered whole around it)
         self._qk_weights = [getattr(m, n) for _, m in attention_layers(self.model)
                             for n in ("q_proj", "k_proj", "kv_b_proj") if hasattr(m, n)]
         self._qk_record: dict[str, Any] = {}  # the last step's max logits and clipped heads
@@ -172,8 +157,9 @@ class Trainer:
         start_wall = time.perf_counter()
         train_s, trained_tokens = self._loop(cfg.steps)
         val_loss, val_bpb = self.evaluate()
-        if cfg.analysis and self.par.is_main and not self.par.sharded:  # fsdp: not run
-            analysis = depth_analysis(self.model, *self.eval_set[0], device=self.device,
+        model = self.par.main_model()  # None except on rank 0, and under fsdp
+        if cfg.analysis and model is not None:
+            analysis = depth_analysis(model, *self.eval_set[0], device=self.device,
                                       autocast=self.autocast)
             (self.run_dir / "analysis.json").write_text(json.dumps(analysis))
         result = RunResult(step=self.step, val_loss=val_loss, val_bpb=val_bpb,
@@ -240,7 +226,7 @@ class Trainer:
                     record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
                               "tokens": self.step * self.tokens_per_step,
                               "skipped_steps": self.skipped_steps, **self._qk_record,
-                              **self._pp_stats}
+                              **self._step_stats}
                     metrics.log("train", self.step, **record)
                     self.history.append({"step": self.step, **record})
                     if self.has_moe:
@@ -253,7 +239,7 @@ class Trainer:
                     if self.par.is_main:
                         bar.write(f"{self.run_dir.name} step {self.step}: val loss "
                                   f"{val_loss:.4f}, val bpb {val_bpb:.4f}")
-                if self._agree(self._signal is not None):
+                if self.par.any_rank(self._signal is not None):
                     break
                 # never inside a run of skipped steps: the update before it may have made the
                 # weights non-finite, and pruning would then drop the last good checkpoint
@@ -261,22 +247,13 @@ class Trainer:
                         and not self._skipped_in_a_row:
                     self.save()
             saved = self.save()
-        if self._agree(self._signal is not None):  # collective: every rank calls it
+        if self.par.any_rank(self._signal is not None):  # every rank stops at the same step
             name = signal.Signals(self._signal).name if self._signal else "a signal on another rank"
             raise TrainingInterrupted(
                 f"interrupted by {name} at step {self.step}; checkpoint saved to {saved}; "
                 f"resume with: attnres train --resume {self.run_dir}",
                 self._signal or signal.SIGINT)
         return train_s, trained_tokens
-
-    def _agree(self, flag: bool) -> bool:
-        """Whether any rank has `flag` set (every rank stops at the same step to save)."""
-        reduce = self.par.max_
-        if reduce is None:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        reduce(t)
-        return bool(t.item())
 
     @contextlib.contextmanager
     def _signals(self):
@@ -315,11 +292,12 @@ class Trainer:
 
     def _log_depth_trace(self, metrics) -> None:
         """AttnRes: embedding weight and entropy of every read on the first validation batch, at
-        step 0 and every evaluation (one forward; rank 0 only; not under pp or fsdp)."""
-        if not self.model.residual.is_attnres or self.runner is not None or self.par.sharded \
-                or not self.par.is_main:
+        step 0 and every evaluation (one forward; rank 0 only, when it holds the current whole
+        model: not under fsdp, under pp only before training)."""
+        model = self.par.main_model()
+        if not self.model.residual.is_attnres or model is None:
             return
-        trace = depth_trace(self.model, self.eval_set[0][0].to(self.device), self.autocast)
+        trace = depth_trace(model, self.eval_set[0][0].to(self.device), self.autocast)
         metrics.log("depth", self.step, **trace)
 
     @contextlib.contextmanager
@@ -338,18 +316,8 @@ class Trainer:
     def train_step(self) -> tuple[float, float, float]:
         self.model.train()
         x, y = (t.to(self.device) for t in self.loader.get(self.step))
-        if self.runner is not None:
-            value, grad_norm = self._pipeline_forward_backward(x, y)
-        else:
-            with self.autocast():
-                _, loss = self.net(x, y)
-            value = self.par.mean(loss.item())  # the global batch's mean loss on every rank
-            grad_norm = float("nan")
-            if math.isfinite(value):  # a non-finite loss has no gradient worth computing
-                loss.backward()
-                params = [p for p in self.model.parameters() if p.grad is not None]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self._max_norm)
-                grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
+        # the loss and the norm are the global batch's, the same on every rank: all skip together
+        value, grad_norm, self._step_stats = self.par.forward_backward(x, y, self._max_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         # a non-finite loss or gradient skips the update (optim.md §8), counted against the limit
         finite = math.isfinite(value) and math.isfinite(grad_norm)
@@ -360,24 +328,16 @@ class Trainer:
             if self.qk_clip:  # on the updated weights; resets the statistics
                 with self.par.full_weights(self._qk_weights):
                     self._qk_record = apply_qk_clip(self.model, self.cfg.optim.qk_clip_tau,
-                                                    reduce=self.par.max_).to_record()
+                                                    reduce=self.par.reduce_max).to_record()
         elif self.qk_clip:  # a skipped step still resets
             reset_max_logits(self.model)
         self.scheduler.step()
         if self.has_moe:  # aux-loss-free balancing: bias update after the step (kimi_linear.md §4)
-            for name, stats in update_all_biases(self.model, reduce=self.par.sum_).items():
+            for name, stats in update_all_biases(self.model, reduce=self.par.reduce_sum).items():
                 total = self._expert_counts.setdefault(name, [0] * len(stats["counts"]))
                 self._expert_counts[name] = [a + b for a, b in zip(total, stats["counts"])]
         self.optimizer.zero_grad(set_to_none=True)
         return value, grad_norm, lr
-
-    def _pipeline_forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """pp: forward and backward of the M micro-batches, then the clip over every stage's
-        gradients; the loss and the norm are the whole batch's, the same on every rank."""
-        with self.autocast():
-            value, self._pp_stats = self.runner.train_step(x, y)
-        # every rank skips together: the loss and the norm are the same on every rank
-        return value, self.runner.clip_grad_norm_(self._max_norm)
 
     @property
     def _max_norm(self) -> float:
@@ -394,14 +354,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         self.model.eval()
-        total = 0.0
-        for x, y in self.eval_set:
-            with self.autocast():
-                if self.runner is not None:  # the same value on every rank
-                    total += self.runner.eval_loss(x.to(self.device), y.to(self.device))
-                    continue
-                _, loss = self.model(x.to(self.device), y.to(self.device))
-            total += loss.item()
+        total = sum(self.par.eval_loss(x.to(self.device), y.to(self.device))
+                    for x, y in self.eval_set)  # the same value on every rank
         val_loss = total / len(self.eval_set)
         bpb = val_loss / math.log(2) / self.data.bytes_per_token_val
         return val_loss, bpb
@@ -419,22 +373,13 @@ class Trainer:
         return out
 
     def save(self) -> Path:
-        # dp/fsdp/pp: every rank helps gather the full state, rank 0 writes it
-        model, optimizer, scheduler = self.par.snapshot(self.model, self.optimizer, self.scheduler)
-        path = self.run_dir / "checkpoints" / f"step-{self.step}"
-        if self.par.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, model, optimizer,
-                                        scheduler, self.meta(),
-                                        extra_state={"data_position": self.step,
-                                                     "history": self.history,
-                                                     "skipped_steps": self.skipped_steps})
-        self.par.barrier()
-        return path
+        """Checkpoint the current step (collective: every rank helps gather, rank 0 writes)."""
+        return self.checkpointer.save(self.run_dir, self.step, self.meta(),
+                                      {"data_position": self.step, "history": self.history,
+                                       "skipped_steps": self.skipped_steps})
 
     def autocast(self):
-        if self.cfg.train.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, self.cfg.train.dtype))
+        return self.par.autocast()
 
     def param_counts(self) -> dict[str, int]:
         total = self.model.num_params()
@@ -457,52 +402,13 @@ class Trainer:
         if meta.get("data_fingerprint") != self.data.fingerprint:
             raise ckpt.CheckpointError(f"{where}: saved with other training data "
                                        f"({meta.get('corpus')}); resuming would change the trajectory")
-        ckpt.load_weights(where, self.par.loadable(self.model))  # fsdp: each rank keeps its shard
-        state = ckpt.load_state(where)
-        try:
-            # pp: each rank keeps the entries of its stage's parameters and groups
-            self.optimizer.load_state_dict(
-                self.par.local_optimizer_state(state["optimizer"], self.optimizer, self.model))
-            self.par.after_optimizer_load(self.optimizer)
-            self.scheduler.load_state_dict(
-                self.par.local_scheduler_state(state["scheduler"], self.optimizer))
-            ckpt.set_rng_state(state["rng"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as err:
-            raise ckpt.CheckpointError(f"{where}/state.json: cannot restore "
-                                       f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-        self._check_optimizer_shapes(where)
+        state = self.checkpointer.load(where)  # each rank keeps its part (shard, stages)
         self.step = state["step"]
         self.history = list(state.get("extra", {}).get("history", []))
         self.skipped_steps = int(state.get("extra", {}).get("skipped_steps", 0))
         if self.step > self.cfg.train.steps:
             raise ConfigError(f"train.steps = {self.cfg.train.steps} is before the checkpoint's "
                               f"step {self.step} ({where})")
-
-
-    def _check_optimizer_shapes(self, where: Path) -> None:
-        """Refuse per-parameter optimizer state of another shape before any step runs
-        (`load_state_dict` itself accepts it and the step would crash)."""
-        if self.runner is not None or self.par.sharded:  # local shards: shapes differ by design
-            return
-        inner = getattr(self.optimizer, "optimizers", {"optimizer": self.optimizer})
-        for name, opt in inner.items():
-            for p, st in opt.state.items():
-                for key, value in st.items():
-                    if isinstance(value, torch.Tensor) and value.dim() > 0 \
-                            and value.shape != p.shape:
-                        raise ckpt.CheckpointError(
-                            f"{where}/state.safetensors: {name} {key} has shape "
-                            f"{tuple(value.shape)}, its parameter {tuple(p.shape)}; saved for "
-                            f"another model?")
-
-
-def make_parallel(cfg: Config, device: torch.device) -> Parallel | PipelineParallel:
-    """The parallelism of `cfg.parallel`: pipeline stages (pp > 1), dp/fsdp, or none."""
-    par = cfg.parallel
-    if par.pp > 1:
-        return PipelineParallel(par.pp, par.virtual_stages, par.pp_cache,
-                                par.pp_microbatches(cfg.train.batch_size), par.backend, device)
-    return Parallel(par.mode, par.backend, device)
 
 
 class _NoMetrics:
