@@ -48,7 +48,7 @@ class ModelConfig:
 
 @dataclass
 class ResidualConfig:
-    kind: str = "prenorm"            # prenorm | attnres | denseformer | mhc (spec attnres.md §13)
+    kind: str = "prenorm"            # prenorm | attnres | denseformer | mhc (docs/THEORY.md#ablation-variants)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class AttnResConfig:
     impl: str = "recompute"          # recompute | two_phase | naive (reference)
     two_phase_group: int = 8         # scheduling group of Full AttnRes under two_phase
     state_dtype: str = "float32"     # float32 | model: dtype of sources and of the baseline stream
-    # Table-4 ablations of the read (spec attnres.md §13); the defaults are the paper's AttnRes
+    # Table-4 ablations of the read (docs/THEORY.md#ablation-variants); the defaults are the paper's AttnRes
     key_norm: str = "rms_gain"       # rms_gain | rms (no gain) | none (raw sources as keys)
     kernel: str = "softmax"          # softmax | sigmoid (unnormalised gates)
     query: str = "static"            # static | input_dependent (q = W · RMSNorm(latest source))
@@ -286,7 +286,7 @@ def _check_schedule(cfg: Config) -> None:
 
 
 # Keys a resumed run may change: they steer how long it runs and what it logs, not the
-# trajectory of the steps already taken (docs/RELIABILITY.md, "Resuming").
+# trajectory of the steps already taken (docs/RELIABILITY.md#resume).
 RESUME_SAFE = {("train", k) for k in ("steps", "eval_every", "eval_batches", "log_every",
                                       "ckpt_every", "progress", "analysis", "tensorboard",
                                       "device", "max_skipped_steps", "out_dir")} \
@@ -306,7 +306,7 @@ def check_resume(saved: Config, new: Config) -> None:
 
 
 def _check_pipeline(cfg: Config) -> None:
-    """parallel.pp / virtual_stages / microbatches (docs/DISTRIBUTED.md, "Pipeline parallelism");
+    """parallel.pp / virtual_stages / microbatches (docs/DISTRIBUTED.md#pipeline-parallelism);
     the world size (= pp) and the model depth (2·n_layers >= pp·virtual_stages) are checked when
     the trainer starts."""
     par, batch = cfg.parallel, cfg.train.batch_size
@@ -344,8 +344,8 @@ def _check_pipeline(cfg: Config) -> None:
 
 
 def _check_read_variant(cfg: Config) -> None:
-    """The §13 read options combine only where they mean something (heads | d_model is checked
-    when the model is built, where d_model is known)."""
+    """The read options of docs/THEORY.md#ablation-variants combine only where they mean something
+    (heads | d_model is checked when the model is built, where d_model is known)."""
     a = cfg.attnres
     if a.window < 0:
         raise ConfigError(f"attnres.window must be >= 0 (0 = no window), got {a.window}")

@@ -39,7 +39,7 @@ class DecoderConfig:
     attnres_eps: float = 1e-6
     attnres_impl: str = "recompute"  # recompute | two_phase | naive
     two_phase_group: int = 8
-    # depth-read variants (spec attnres.md §13); the defaults are the plain read
+    # depth-read variants (docs/THEORY.md#ablation-variants); the defaults are the plain read
     attnres_query: str = "static"        # static | input_dependent
     attnres_mixing: str = "attention"    # attention | static
     attnres_kernel: str = "softmax"      # softmax | sigmoid
@@ -146,7 +146,7 @@ class DecoderLM(nn.Module, abc.ABC):
         decay parameters, conv filters) are left alone.
 
         Only backbone tensors draw random numbers, in a fixed order, so a seed gives bitwise the
-        same backbone whatever the residual kind (spec invariant I13)."""
+        same backbone whatever the residual kind (invariant I13, docs/THEORY.md#invariants)."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():

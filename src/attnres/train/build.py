@@ -75,7 +75,8 @@ def model_config(cfg: Config, vocab_size: int):
     common = dict(vocab_size=vocab_size, norm_eps=m.norm_eps, init_std=m.init_std,
                   residual=residual_name(cfg), block_size=block_size, attnres_eps=cfg.attnres.eps,
                   attnres_impl=impl, two_phase_group=cfg.attnres.two_phase_group)
-    if cfg.residual.kind == "attnres":  # the §13 read variants; other kinds have no depth read
+    # the read variants (docs/THEORY.md#ablation-variants); other kinds have no depth read
+    if cfg.residual.kind == "attnres":
         a = cfg.attnres
         common.update(attnres_query=a.query, attnres_mixing=a.mixing, attnres_kernel=a.kernel,
                       attnres_key_norm=a.key_norm, attnres_window=a.window, attnres_heads=a.heads)

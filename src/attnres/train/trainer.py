@@ -1,6 +1,6 @@
 """The training loop: one Trainer, built from a Config, that trains, evaluates and checkpoints.
 
-Step order (spec optim.md §8): forward, backward, global grad-norm clip, optimizer step (Muon +
+Step order (docs/OPTIM.md#step-order): forward, backward, global grad-norm clip, optimizer step (Muon +
 AdamW), QK-Clip, LR schedule, zero grads.
 
 Reliability (docs/RELIABILITY.md): a step whose loss or gradient norm is not finite is skipped
@@ -18,12 +18,13 @@ rank 0 writes metrics, progress and checkpoints (gathered full state, the single
 With `parallel.mode = none` nothing communicates and the run is the single-process one.
 
 Pipeline parallelism (`parallel.pp` > 1, under torchrun with pp processes) is applied by
-`attnres.parallel.pp_train.PipelineParallel`: every rank builds the whole model from the same
-seed and keeps its stage (`PipelineRunner`); the optimizer covers the stage's parameters; every
-rank loads the whole batch; forward and backward are the runner's `train_step` (M micro-batches),
-the clip its cross-stage global norm, evaluation its `eval_loss`; QK-Clip maxima and MoE counts are
+`attnres.parallel.pp_train.PipelineParallel`: every rank builds the whole model from the same seed
+and keeps its stage (`PipelineRunner`); the optimizer covers the stage's parameters; every rank
+loads the whole batch; forward and backward are the runner's `train_step` (M micro-batches), the
+clip its cross-stage global norm, evaluation its `eval_loss`; QK-Clip maxima and MoE counts are
 reduced over the pipeline ranks; checkpoints are gathered to rank 0 in the single-process layout.
-Train records then also hold the block-vector counts of §11 (`pp_block_vectors_sent`, ...).
+Train records then also hold the block-vector counts of docs/THEORY.md#cross-stage-caching
+(`pp_block_vectors_sent`, ...).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Trainer:
         self._signal: int | None = None  # the first SIGINT / SIGTERM received while training
         self.has_moe = bool(moe_layers(self.model))
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
-        # QK-Clip (optim.md §6): attention layers track their per-head max logit while training.
+        # QK-Clip (docs/OPTIM.md#qk-clip): attention layers track their per-head max logit while training.
         self.qk_clip = cfg.optim.qk_clip_enabled() and enable_tracking(self.model) > 0
         # FSDP: the q/k weights QK-Clip rescales are gathered whole around it
         self._qk_weights = [getattr(m, n) for _, m in attention_layers(self.model)
@@ -351,7 +352,7 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, self._max_norm)
                 grad_norm = (grad_norm.full_tensor() if self.par.sharded else grad_norm).item()
         lr = self.optimizer.param_groups[0]["lr"]
-        # a non-finite loss or gradient skips the update (optim.md §8), counted against the limit
+        # a non-finite loss or gradient skips the update (docs/OPTIM.md#step-order), counted against the limit
         finite = math.isfinite(value) and math.isfinite(grad_norm)
         self._skipped_in_a_row = 0 if finite else self._skipped_in_a_row + 1
         self.skipped_steps += not finite
@@ -364,7 +365,7 @@ class Trainer:
         elif self.qk_clip:  # a skipped step still resets
             reset_max_logits(self.model)
         self.scheduler.step()
-        if self.has_moe:  # aux-loss-free balancing: bias update after the step (kimi_linear.md §4)
+        if self.has_moe:  # bias update after the step (docs/BACKBONE.md#aux-loss-free-balancing)
             for name, stats in update_all_biases(self.model, reduce=self.par.sum_).items():
                 total = self._expert_counts.setdefault(name, [0] * len(stats["counts"]))
                 self._expert_counts[name] = [a + b for a, b in zip(total, stats["counts"])]
