@@ -1,5 +1,5 @@
 """QK-Clip demo: a tiny MLA + GQA model trained with Muon at a high LR, once without and once with
-QK-Clip (spec optim.md §6). Prints the per-step max attention logit of both runs as a markdown
+QK-Clip (docs/OPTIM.md#qk-clip). Prints the per-step max attention logit of both runs as a markdown
 table and plots both curves with τ marked (the setup of tests/optim/test_qk_clip.py, shared via
 attnres.bench.qk_clip)."""
 

@@ -4,7 +4,7 @@ from attnres import units
 
 
 def test_counts_of_the_worked_examples():
-    # spec README: (L, S) -> N, final sources
+    # docs/THEORY.md#units-and-conventions: (L, S) -> N, final sources
     assert units.num_blocks(54, 6) == 9 and units.num_final_sources(54, 6) == 10
     assert units.num_blocks(32, 4) == 8 and units.num_final_sources(32, 4) == 9
     assert units.num_blocks(186, 24) == 8

@@ -55,7 +55,7 @@ class ResidualConfig:
     """How each sublayer's input is formed. One section, one vocabulary: the command line
     (`--residual block --block-size 4`), the saved run config, the reports, the model config
     (`DecoderConfig.residual`, this very object) and `attnres.layers.residual.Residual` all use
-    these names (docs/DESIGN.md, "The residual config").
+    these names (docs/DESIGN.md#the-residual-config).
 
     `block_size` means something for Block only: Full stores 1 (every sublayer its own block),
     the other kinds 0. Normalised at construction, so a saved config says what ran."""
@@ -315,7 +315,7 @@ def _check_schedule(cfg: Config) -> None:
 
 
 # Keys a resumed run may change: they steer how long it runs and what it logs, not the
-# trajectory of the steps already taken (docs/RELIABILITY.md, "Resuming").
+# trajectory of the steps already taken (docs/RELIABILITY.md#resume).
 RESUME_SAFE = {("train", k) for k in ("steps", "eval_every", "eval_batches", "log_every",
                                       "ckpt_every", "progress", "analysis", "tensorboard",
                                       "device", "max_skipped_steps", "out_dir")} \
@@ -335,7 +335,7 @@ def check_resume(saved: Config, new: Config) -> None:
 
 
 def _check_pipeline(cfg: Config) -> None:
-    """parallel.pp / virtual_stages / microbatches (docs/DISTRIBUTED.md, "Pipeline parallelism");
+    """parallel.pp / virtual_stages / microbatches (docs/DISTRIBUTED.md#pipeline-parallelism);
     the world size (= pp) and the model depth (2·n_layers >= pp·virtual_stages) are checked when
     the trainer starts."""
     par, batch = cfg.parallel, cfg.train.batch_size

@@ -1,4 +1,5 @@
-"""Depth units and the conversions between the conventions users meet (spec README).
+"""Depth units and the conversions between the conventions users meet
+(docs/THEORY.md#units-and-conventions).
 
 Our unit is the *sublayer* (one mixer or one FFN, with its PreNorm): L = 2·n_layers. The block
 size S counts sublayers. Other code bases count decoder layers; these helpers translate, and every

@@ -1,5 +1,5 @@
 """Power-law fits and the compute advantage: recovery, the paper's published numbers ([AR] §5.1,
-targets.md A2) and `attnres scaling advantage`."""
+docs/TARGETS.md#a2-scaling-law-fits-and-compute-advantage) and `attnres scaling advantage`."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
 """KDA layer: chunk and recurrent modes agree, cached decoding and chunked prefill equal one pass,
-initialisation, gate sign and optimizer tags (spec kimi_linear.md §2.1, §2.5; optim.md §1)."""
+initialisation, gate sign and optimizer tags (docs/BACKBONE.md#kda-parameterisation,
+docs/BACKBONE.md#kda-state-and-decoding; docs/OPTIM.md#parameter-routing)."""
 
 import math
 

@@ -1,6 +1,6 @@
 """MLA layer: absorbed decode = naive decode, cached runs = one pass, NoPE position-freedom, the
-RoPE arm, the QK-Clip max-logit statistic and optimizer tags (spec kimi_linear.md §3,
-optim.md §1 and §6)."""
+RoPE arm, the QK-Clip max-logit statistic and optimizer tags (docs/BACKBONE.md#mla-without-rope,
+docs/OPTIM.md#parameter-routing and docs/OPTIM.md#qk-clip)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""MoE layer (spec kimi_linear.md §4): output against a per-token loop, the selection-only bias,
+"""MoE layer (docs/BACKBONE.md#moe-ffn): output against a per-token loop, the selection-only bias,
 gradients, aux-loss-free balancing, the sequence aux loss, tags, and Muon on 3-D experts."""
 
 import pytest
@@ -23,7 +23,7 @@ def randn(*shape, seed=1, dtype=torch.float64):
 
 
 def loop_reference(moe, x):
-    """The spec's per-token formulas, one token at a time, from the module's tensors."""
+    """The per-token formulas of docs/BACKBONE.md#moe-ffn, one token at a time, from the module's tensors."""
     def expert(w1, w3, w2, v):
         return w2 @ (F.silu(w1 @ v) * (w3 @ v))
 

@@ -1,4 +1,5 @@
-"""Residual strategies: the bookkeeping of spec attnres.md §4-§7 and its invariants."""
+"""Residual strategies: the bookkeeping of docs/THEORY.md#block-attnres to
+docs/THEORY.md#endpoints and its invariants."""
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def drive(block_size, n_sublayers, stream_cls=AttnResStream):
 
 
 def expected_sources(e, outs, block_size, read):
-    """spec §4 Eq. 6 written directly from the definition (1-based l = read + 1)."""
+    """docs/THEORY.md#block-attnres (Eq. 6) written directly from the definition (1-based l = read + 1)."""
     L = len(outs)
     f = lambda l: outs[l - 1]  # noqa: E731
     if read == L:  # final read: all completed blocks
@@ -69,7 +70,8 @@ def test_source_lists_match_the_definition(S):
 
 
 def test_worked_example_of_spec_section_5():
-    """4 layers = 8 sublayers, S = 4: the table of §5, by identity where tensors are shared."""
+    """4 layers = 8 sublayers, S = 4: the table of docs/THEORY.md#worked-example, by identity where
+    tensors are shared."""
     e, f, log = drive(4, 8)
     f = [None] + f  # 1-based
     b1 = f[1] + f[2] + f[3] + f[4]
@@ -108,7 +110,8 @@ def test_n_equals_one_endpoint():
 
 @pytest.mark.parametrize("S", [1, 2, 3, 4, 8])
 def test_sources_of_every_read_sum_to_the_baseline_stream(S):
-    """spec §4.1: Σ sources = e + Σ_{j<l} f_j = h_l of the PreNorm residual."""
+    """docs/THEORY.md#the-sources-sum-to-the-baseline-stream: Σ sources = e + Σ_{j<l} f_j = h_l of
+    the PreNorm residual."""
     e, outs, log = drive(S, 8)
     base = PreNormStream(e)
     for read in range(8):

@@ -1,4 +1,4 @@
-"""The Table-4 ablation variants (spec attnres.md §13) as residual options.
+"""The Table-4 ablation variants (docs/THEORY.md#ablation-variants) as residual options.
 
 What holds at initialisation, and is checked here:
 - every softmax variant reads the uniform mean of its sources (zero query / zero W_l / zero
@@ -149,7 +149,7 @@ def test_parameter_counts():
     assert count(residual="block", key_norm="none") == d * (L + 1)
     assert count(residual="full", query="input_dependent") == (d * d + 2 * d) * (L + 1)
     assert count(residual="full", mixing="static") == sum(range(1, L + 1)) + L + 1
-    assert count(residual="block", mixing="static") == 1 + 2 * 4 + 3 * 3 + 3  # §5, S = 4
+    assert count(residual="block", mixing="static") == 1 + 2 * 4 + 3 * 3 + 3  # docs/THEORY.md#worked-example, S = 4
     assert count(residual="full", mixing="static", window=2) == \
         sum(min(l, 3) for l in range(1, L + 1)) + 3
     assert count(residual="denseformer") == sum(j + 1 for j in range(1, Lb + 1))
@@ -157,7 +157,8 @@ def test_parameter_counts():
 
 
 def test_static_mixing_sizes_follow_the_worked_example():
-    """spec §5 (L = 8, S = 4): 1, 2, 2, 2, 2, 3, 3, 3 sources and a final read over 3."""
+    """docs/THEORY.md#worked-example (L = 8, S = 4): 1, 2, 2, 2, 2, 3, 3, 3 sources and a final read
+    over 3."""
     assert [num_sources(r, 8, 4) for r in range(9)] == [1, 2, 2, 2, 2, 3, 3, 3, 3]
     assert [num_sources(r, 8, 1) for r in range(9)] == list(range(1, 10))
     assert [num_sources(r, 8, 1, window=2) for r in range(9)] == [1, 2, 3, 3, 3, 3, 3, 3, 3]

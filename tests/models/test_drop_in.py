@@ -1,4 +1,4 @@
-"""AttnRes as an exact drop-in at the shipped defaults (invariant I2, docs/DESIGN.md "Exact drop-in at step 0").
+"""AttnRes as an exact drop-in at the shipped defaults (invariant I2, docs/DESIGN.md#exact-drop-in-at-step-0).
 
 With zero-initialised read parameters, every sublayer input after its PreNorm and the logits
 equal the PreNorm baseline's at the configured ε (not only at ε = 0), on both backbones, for

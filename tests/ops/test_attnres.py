@@ -1,4 +1,5 @@
-"""The depth-attention read: fast paths against the reference, and the spec §16 invariants."""
+"""The depth-attention read: fast paths against the reference, and the invariants of
+docs/THEORY.md#invariants."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ SHAPES = {"d": (16,), "BTd": (2, 5, 16)}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖₂ / ‖b‖₂ over the whole tensor (spec §16), in fp64."""
+    """‖a − b‖₂ / ‖b‖₂ over the whole tensor (docs/THEORY.md#tolerances), in fp64."""
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
@@ -86,7 +87,7 @@ def test_matches_reference_without_gain(impl):
 
 @pytest.mark.parametrize("impl", FAST)
 def test_zero_query_still_has_query_gradient(impl):
-    # Spec §9: with w = 0 the key path of ∂v vanishes but ∂w does not.
+    # docs/THEORY.md#the-recomputing-backward: with w = 0 the key path of ∂v vanishes but ∂w does not.
     query, sources, weight, grad_out = make(4, (2, 3, 16), seed=3)
     query = torch.zeros_like(query)
     got = run(impl_fn(impl), query, sources, weight, grad_out)
@@ -170,7 +171,7 @@ def test_phase1_is_batched_single_reads_and_cache_is_exact():
     assert torch.equal(o1c, o1) and torch.equal(lse1c, lse1)
 
 
-# ---------------------------------------------------------------- spec §16 invariants
+# ---------------------------------------------------------------- docs/THEORY.md#invariants
 
 
 @pytest.mark.parametrize("impl", ALL)

@@ -101,7 +101,7 @@ def test_split_sequence_carrying_state_equals_one_pass(op):
     assert rel(s2, s_full) <= 1e-12
 
 
-# ---------------------------------------------------------------- strong decay (§2.4)
+# ------------------------------------------------------ strong decay (docs/BACKBONE.md#kda-numerics)
 
 def strong_gate(T, dtype):
     """Mostly -3 per step (cumulative ≈ -190 per 64-token chunk), with steps near -60 on a few

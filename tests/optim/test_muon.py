@@ -1,5 +1,5 @@
-"""Muon (spec optim.md §2–§4) against a hand-written reference of §2, per-expert 3-D units and
-torch.optim.Muon."""
+"""Muon (docs/OPTIM.md#muon-update to docs/OPTIM.md#momentum-forms) against a hand-written
+reference of docs/OPTIM.md#muon-update, per-expert 3-D units and torch.optim.Muon."""
 
 import math
 
@@ -12,7 +12,7 @@ A, B, C = 3.4445, -4.7750, 2.0315
 
 
 def reference_step(W, G, M, lr, wd, mu, nesterov, steps=5):
-    """Spec §2 written out for one 2-D unit; returns the new (W, M)."""
+    """docs/OPTIM.md#muon-update written out for one 2-D unit; returns the new (W, M)."""
     M = mu * M + G
     N = G + mu * M if nesterov else M
     X = N / max(N.norm().item(), 1e-7)

@@ -1,4 +1,4 @@
-"""QK-Clip (spec optim.md §6): per-head max logits, the γ rule, the per-head weight scalings."""
+"""QK-Clip (docs/OPTIM.md#qk-clip): per-head max logits, the γ rule, the per-head weight scalings."""
 
 import math
 
@@ -74,8 +74,8 @@ def snapshot(module):
 
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_clipping_caps_each_head_at_tau_on_the_same_batch(kind):
-    """Spec [E]: measure, apply QK-Clip alone (no optimizer step), rerun the same batch:
-    every head's max becomes min(S_max, τ)."""
+    """The [E] target of docs/TARGETS.md#d-muonclip: measure, apply QK-Clip alone (no optimizer
+    step), rerun the same batch: every head's max becomes min(S_max, τ)."""
     layer, x = LAYERS[kind](), make_x()
     before = measure(layer, x)[0]
     tau = before.median().item()                       # about half of the heads above τ

@@ -1,4 +1,5 @@
-"""Tag-based routing (spec optim.md §1) and HybridOptimizer: groups, decay, scheduler, resume."""
+"""Tag-based routing (docs/OPTIM.md#parameter-routing) and HybridOptimizer: groups, decay,
+scheduler, resume."""
 
 import io
 

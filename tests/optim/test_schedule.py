@@ -1,4 +1,5 @@
-"""LR schedules (spec optim.md §7): warmup, plateau, decay shapes, end values, scheduler state."""
+"""LR schedules (docs/OPTIM.md#learning-rate-schedules): warmup, plateau, decay shapes, end values,
+scheduler state."""
 
 import math
 

@@ -1,14 +1,14 @@
-"""Data parallelism on 2 gloo processes equals one process on the same global batch (spec
-optim.md §9): DDP with replicated and with sharded (owner-compute) Muon, FSDP2 with Muon on
-gathered matrices, and an FSDP2 run stopped and resumed from its checkpoint.
+"""Data parallelism on 2 gloo processes equals one process on the same global batch
+(docs/OPTIM.md#distributed-muon): DDP with replicated and with sharded (owner-compute) Muon, FSDP2
+with Muon on gathered matrices, and an FSDP2 run stopped and resumed from its checkpoint.
 
 One model covers every reduction: a tiny kimi-linear (KDA + MLA + MoE) under Block AttnRes, so
 the first read's unused query, QK-Clip (τ low enough to clip) and MoE bias balancing are all in
 play. Whole runs differ from the single process by the rounding of the gradient reduction, which
 Newton–Schulz passes on: compared at fp32 rel ≤ 1e-4, the end-to-end budget (we see ≤ 2e-6 on
 this machine; another reduction order or vector width, e.g. AVX-512, rounds differently, and a
-few steps of Newton–Schulz amplify it). The exact optim.md §9 check (rel ≤ 1e-6, in practice
-bitwise) feeds distributed Muon the same gradients as single-process Muon instead.
+few steps of Newton–Schulz amplify it). The exact check of docs/OPTIM.md#distributed-muon
+(rel ≤ 1e-6, in practice bitwise) feeds distributed Muon the same gradients as single-process Muon instead.
 
 Stopped and resumed runs (FSDP2, DDP with sharded Muon, FSDP2 saved before its first update)
 save exactly what the uninterrupted run saves: checkpoints go through

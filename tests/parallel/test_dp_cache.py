@@ -1,5 +1,5 @@
 """Two ranks of `attnres train --parallel dp` on a corpus with an empty token cache: the corpus
-is tokenised once (the cache's file lock; docs/DATA.md, "Shared") and both ranks finish."""
+is tokenised once (the cache's file lock; docs/DATA.md#the-token-cache) and both ranks finish."""
 
 import json
 import sys

@@ -1,4 +1,5 @@
-"""Pipeline parallelism with AttnRes cross-stage caching (spec attnres.md §11, invariant I10).
+"""Pipeline parallelism with AttnRes cross-stage caching (docs/THEORY.md#cross-stage-caching,
+invariant I10).
 
 Two spawns of gloo processes on localhost (P = 2 and P = 4) run every case once; each rank
 compares the pipelined loss and its stage's gradients with the single-process model it also

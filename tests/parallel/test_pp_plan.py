@@ -1,4 +1,4 @@
-"""Pipeline plan of Block AttnRes (spec attnres.md §11): Fig. 3, Eq. 7/8 and its invariants."""
+"""Pipeline plan of Block AttnRes (docs/THEORY.md#cross-stage-caching): Fig. 3, Eq. 7/8 and its invariants."""
 
 import dataclasses
 import itertools

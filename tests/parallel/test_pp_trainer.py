@@ -1,5 +1,5 @@
 """`attnres train --pp 2 --virtual-stages 2` through the trainer on 2 gloo processes equals one
-process (spec attnres.md §11, fp32 rel ≤ 1e-4), logs the plan's block-vector counts, writes a
+process (docs/THEORY.md#cross-stage-caching, fp32 rel ≤ 1e-4), logs the plan's block-vector counts, writes a
 single-process checkpoint, and resumes bitwise.
 
 The model is a tiny kimi-linear (layers KDA, MLA, KDA, each with an MoE FFN) under Block

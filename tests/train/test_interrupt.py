@@ -1,6 +1,6 @@
 """SIGINT / SIGTERM on a real `attnres train` process: the step finishes, a checkpoint is saved,
 one line says where and how to resume, the exit status is 130 / 143; the resume continues
-from that step (docs/RELIABILITY.md, "Interrupts")."""
+from that step (docs/RELIABILITY.md#interrupts)."""
 
 import json
 import signal

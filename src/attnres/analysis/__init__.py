@@ -1,1 +1,1 @@
-"""Depth analyses (spec attnres.md §14)."""
+"""Depth analyses (docs/THEORY.md#depth-analyses)."""

@@ -1,4 +1,4 @@
-"""Depth analyses on one validation batch (spec attnres.md §14; [AR] Figs. 5 and 8).
+"""Depth analyses on one validation batch (docs/THEORY.md#depth-analyses; [AR] Figs. 5 and 8).
 
 - output RMS of every sublayer, RMS(v_l);
 - input RMS, RMS(h_l), and the RMS of the carried state after each sublayer;
@@ -58,7 +58,7 @@ def depth_trace(model, x: torch.Tensor, autocast=None) -> dict | None:
     sublayer inputs, L the final read), the mean weight on the embedding and the mean normalised
     entropy H(p) / log n over tokens (1 = uniform, 0 = one source; None for a one-source read).
     A read whose embedding weight climbs towards 1 and entropy falls towards 0 within the first
-    steps has locked onto the embedding (docs/DESIGN.md, "The read parameters' learning rate").
+    steps has locked onto the embedding (docs/DESIGN.md#the-read-parameters-learning-rate-residuallr_mult).
     None for models without depth reads."""
     if not model.residual.is_attnres:
         return None
@@ -74,7 +74,8 @@ def depth_trace(model, x: torch.Tensor, autocast=None) -> dict | None:
 
 
 def depth_statistics(analysis: dict) -> dict[str, float | None]:
-    """A few numbers that carry the shapes [AR] reads off Figs. 5 and 8 (targets.md A6, A7).
+    """A few numbers that carry the shapes [AR] reads off Figs. 5 and 8 (targets A6, A7:
+    docs/TARGETS.md#a6-training-dynamics, docs/TARGETS.md#a7-depth-attention-patterns).
 
     - `stream_growth`: carried-state RMS after the last sublayer / after the first (A6b: the
       PreNorm baseline grows with depth); `stream_increasing`: the share of sublayers after

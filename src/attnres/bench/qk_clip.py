@@ -1,4 +1,4 @@
-"""QK-Clip in a short training run (spec optim.md §6): a tiny model whose attention logits grow
+"""QK-Clip in a short training run (docs/OPTIM.md#qk-clip): a tiny model whose attention logits grow
 under Muon at a high LR, trained with and without clipping. Shared by the test
 (tests/optim/test_qk_clip.py) and the demo (benchmarks/qk_clip_demo.py)."""
 

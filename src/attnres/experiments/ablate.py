@@ -1,11 +1,12 @@
 """`attnres ablate` and `attnres sweep`: [AR] Table 4 and the block-size sweep of Fig. 6.
 
-Both train one dense model with the ablation model's depth, 16 layers = 32 sublayers
-(targets.md A3, A4), scaled in width for a CPU: d = 64, 4 heads of 16 (the scaling ladder's
-head dim, plain multi-head attention), SwiGLU width 176, byte tokens, 8 × 128 tokens per step,
-300 steps (about 0.3M tokens), Muon at the config's peak LR, WSD schedule. Every arm shares the
-backbone, its initialisation (same seed, invariant I13), the data order, the budget and the LR;
-only the residual mechanism differs, set by config overrides (spec attnres.md §13):
+Both train one dense model with the ablation model's depth, 16 layers = 32 sublayers (targets A3, A4
+of docs/TARGETS.md#a3-table-4-ablations), scaled in width for a CPU: d = 64, 4 heads of 16 (the
+scaling ladder's head dim, plain multi-head attention), SwiGLU width 176, byte tokens, 8 × 128
+tokens per step, 300 steps (about 0.3M tokens), Muon at the config's peak LR, WSD schedule. Every
+arm shares the backbone, its initialisation (same seed, invariant I13), the data order, the budget
+and the LR; only the residual mechanism differs, set by config overrides
+(docs/THEORY.md#ablation-variants):
 
 - `ablate`: the twelve rows of Table 4 (`VARIANTS`), each a list of overrides.
 - `sweep`: Block AttnRes with S ∈ {1, 2, 4, 8, 16, 32} sublayers (N = 32 … 1 blocks) and the

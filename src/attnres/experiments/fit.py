@@ -3,7 +3,7 @@
 Pure math on numbers (numpy only). Compute C is in PFLOP/s-days throughout, as in the paper's
 Fig. 4; `flops_to_pfs_days` converts from FLOPs. The compute advantage of a variant over the
 baseline at budget C0 is the baseline compute that reaches the variant's loss, divided by C0
-(targets.md A2):
+(docs/TARGETS.md#a2-scaling-law-fits-and-compute-advantage):
 
     adv(C0) = C_base(L_var(C0)) / C0,    C_base(L) = (A_b / L)^(1/α_b).
 """

@@ -277,7 +277,8 @@ def render_scaling(runs: list[dict[str, Any]], summary: dict[str, Any] | None = 
     lines.append("")
     if summary["advantage"]:
         lines += ["### Compute advantage over the baseline at the largest budget", "",
-                  "adv(C0) = C_base(L_var(C0)) / C0 from the fits ([AR] §5.1, targets.md A2).", "",
+                  "adv(C0) = C_base(L_var(C0)) / C0 from the fits ([AR] §5.1, "
+                  "docs/TARGETS.md#a2-scaling-law-fits-and-compute-advantage).", "",
                   "| arm | C0 | L_base(C0) | L_arm(C0) | baseline compute for L_arm | advantage | bootstrap interval |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for arm, adv in summary["advantage"].items():
@@ -296,8 +297,9 @@ def render_scaling(runs: list[dict[str, Any]], summary: dict[str, Any] | None = 
 
 # --- ablate and sweep: [AR] Table 4 and the block-size sweep (Fig. 6) --------------------------
 
-# The [D] orderings of targets.md A3 as paired comparisons (a, relation, b) of the val loss:
-# "<" and "≤" are judged by the sign of the mean paired difference a − b, "≈" by |mean| ≤ 2 sd.
+# The [D] orderings of docs/TARGETS.md#a3-table-4-ablations as paired comparisons (a, relation, b)
+# of the val loss: "<" and "≤" are judged by the sign of the mean paired difference a − b, "≈" by
+# |mean| ≤ 2 sd.
 ABLATE_CLAIMS = (
     ("full-input-query", "≤", "full"),
     ("full", "<", "full-sigmoid"),
@@ -398,9 +400,9 @@ def render_ablate(runs: list[dict[str, Any]], summary: dict[str, Any] | None = N
     order = list(TABLE4)
     rank = {name: (order.index(name) if name in order else len(order), name) for name in {r["arm"] for r in runs}}
     runs = sorted(runs, key=lambda r: (str(r["group"]), rank[r["arm"]], r["seed"]))
-    lines = ["## Experiment `ablate`: [AR] Table 4 at toy scale (targets.md A3)", "",
+    lines = ["## Experiment `ablate`: [AR] Table 4 at toy scale (docs/TARGETS.md#a3-table-4-ablations)", "",
              "Same backbone, initialisation, data order, token budget and LR for every variant; only "
-             "the residual mechanism differs (spec attnres.md §13).", ""]
+             "the residual mechanism differs (docs/THEORY.md#ablation-variants).", ""]
     lines += [_setup_line(g, grp) for (g,), grp in group_runs(runs, ("group",)).items()]
     lines += ["", "Final validation loss (nats/token), mean ± sd over seeds; Δ pairs each seed with the "
               "baseline of the same seed. [AR] columns: the 436M model's Table 4 (val loss, Δ vs its "
@@ -467,7 +469,7 @@ def sweep_plot_name(group: str) -> str:
 
 def render_sweep(runs: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
     summary = summary or sweep_summary(runs)
-    lines = ["## Experiment `sweep`: block size S ([AR] Fig. 6, targets.md A4)", "",
+    lines = ["## Experiment `sweep`: block size S ([AR] Fig. 6, docs/TARGETS.md#a4-block-size-sweep)", "",
              "Block AttnRes with S sublayers per block (N = ⌈L/S⌉ blocks; S = 1 is Full AttnRes) on "
              "the ablation model, against the PreNorm baseline; same backbone, budget and LR.", ""]
     lines += [_setup_line(g, grp) for (g,), grp in group_runs(runs, ("group",)).items()]

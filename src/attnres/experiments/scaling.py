@@ -1,9 +1,9 @@
 """`attnres scaling`: a size ladder × {baseline, Full, Block} × seeds, fitted as L = A·C^(−α).
 
-The toy-scale version of [AR] §5.1 (targets.md A1–A2). Every size of the ladder is trained with
-each arm and seed on a token budget proportional to its parameter count; each run's raw result
-is one JSON file, `<out>/<size>/<arm>/seed-<k>.json`, from which `attnres.experiments.report`
-rebuilds the tables, the fits, the compute advantage and the plot.
+The toy-scale version of [AR] §5.1 (targets A1–A2, docs/TARGETS.md#a1-loss-by-model-size). Every
+size of the ladder is trained with each arm and seed on a token budget proportional to its parameter
+count; each run's raw result is one JSON file, `<out>/<size>/<arm>/seed-<k>.json`, from which
+`attnres.experiments.report` rebuilds the tables, the fits, the compute advantage and the plot.
 
 The ladder (`ladder_sizes`) grows depth and width together at the presets' aspect ratio,
 d_model / n_layers = 16, with the paper's H = L_b heads (so head dim 16), plain multi-head
@@ -13,11 +13,12 @@ non-embedding parameters, a factor 8 in size and 64 in compute at a fixed tokens
 ratio. At the default 2 tokens per parameter (0.4M to 3.3M tokens per run) the 30 runs take
 about 75 minutes on two CPU cores with `--workers 2`; larger sizes or budgets take hours there.
 
-Compute per run (targets.md A2): C = 6·(N_active_non-emb + d·V)·D FLOPs, with the LM-head
-matmul counted and the embedding lookup not; in code N_c = `num_params(non_embedding=True)`,
-which includes the head and the AttnRes reads. The [AR]-style count N_c − d·V is logged beside
-it. Block AttnRes uses N ≈ 8 blocks (S = ceil(L/8), `units.block_size_for_num_blocks`), but
-never S = 1, which would make Block identical to Full at the shallow end of the ladder.
+Compute per run (docs/TARGETS.md#a2-scaling-law-fits-and-compute-advantage):
+C = 6·(N_active_non-emb + d·V)·D FLOPs, with the LM-head matmul counted and the embedding lookup
+not; in code N_c = `num_params(non_embedding=True)`, which includes the head and the AttnRes reads. The [AR]-style
+count N_c − d·V is logged beside it. Block AttnRes uses N ≈ 8 blocks (S = ceil(L/8),
+`units.block_size_for_num_blocks`), but never S = 1, which would make Block identical to Full at the
+shallow end of the ladder.
 
 Every run ends with the depth analyses on a validation batch (`attnres.analysis.depth`), kept in
 its JSON, so the report can show the Figs. 5 and 8 counterparts of the largest size.

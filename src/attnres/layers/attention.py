@@ -101,7 +101,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             tags.set_group(lin.weight, tags.MUON)
-        # QK-Clip statistics (optim.md §6): with track_max_logit, training forwards fold the
+        # QK-Clip statistics (docs/OPTIM.md#qk-clip): with track_max_logit, training forwards fold the
         # per-head max of the visible scaled logits into max_logit [H] (running max, init −inf).
         self.track_max_logit = False
         self.register_buffer("max_logit", torch.full((n_heads,), float("-inf")),

@@ -1,4 +1,4 @@
-"""The ablation rows of the paper's Table 4 as modules (spec attnres.md §13).
+"""The ablation rows of the paper's Table 4 as modules (docs/THEORY.md#ablation-variants).
 
 Depth-read variants, chosen by `ReadOptions`:
 
@@ -9,11 +9,12 @@ Depth-read variants, chosen by `ReadOptions`:
     window    None | W                   Full only: the embedding plus the W most recent outputs
     heads     1 | H                      H contiguous channel groups, a softmax per group
 
-The default options are not handled here: `Residual.make_read` keeps the plain `DepthRead` and
-its recompute op for them, bit for bit. A variant the op covers (softmax over a static query with
-RMS keys, with or without gain, one head) still calls the op; every other variant is computed by
-`plain_depth_read` with plain autograd over the stacked sources (spec §16). The window is applied
-by the stream (`AttnResStream`), which hands a read only the sources it may see.
+The default options are not handled here: `Residual.make_read` keeps the plain `DepthRead` and its
+recompute op for them, bit for bit. A variant the op covers (softmax over a static query with RMS
+keys, with or without gain, one head) still calls the op; every other variant is computed by
+`plain_depth_read` with plain autograd over the stacked sources
+(docs/THEORY.md#rules-the-tests-rely-on). The window is applied by the stream (`AttnResStream`),
+which hands a read only the sources it may see.
 
 Two further residual kinds live here as modules; their streams are in `residual.py`:
 - `DenseMix`: DenseFormer's depth-weighted average after a layer (identity-initialised scalars).
@@ -41,12 +42,12 @@ QUERIES = ("static", "input_dependent")
 MIXINGS = ("attention", "static")
 KERNELS = ("softmax", "sigmoid")
 KEY_NORMS = ("rms_gain", "rms", "none")
-MHC_STREAMS = 4  # m of spec §13
+MHC_STREAMS = 4  # m of docs/THEORY.md#ablation-variants
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """Which depth read every sublayer and the final read use (spec §13, §15)."""
+    """Which depth read every sublayer and the final read use (docs/THEORY.md#ablation-variants)."""
 
     query: str = "static"
     mixing: str = "attention"
@@ -88,7 +89,8 @@ class ReadOptions:
 
 
 def num_sources(read: int, n_sublayers: int, block_size: int, window: int | None = None) -> int:
-    """Sources read `read` (0-based sublayer index; `n_sublayers` = the final read) sees (§4)."""
+    """Sources read `read` (0-based sublayer index; `n_sublayers` = the final read) sees
+    (docs/THEORY.md#block-attnres)."""
     if read == n_sublayers:
         n = -(-n_sublayers // block_size) + 1                  # [b_0, ..., b_N]
     else:
@@ -168,7 +170,8 @@ def plain_depth_read(query: torch.Tensor, sources: list[torch.Tensor],
 
 
 class VariantRead(nn.Module):
-    """A depth read under non-default `ReadOptions` (spec §13); zero-initialised like `DepthRead`.
+    """A depth read under non-default `ReadOptions` (docs/THEORY.md#ablation-variants);
+    zero-initialised like `DepthRead`.
 
     Parameters (all fp32, none random):
     - `query` [d] zeros (static query), or `query_proj` [d, d] zeros (W_l) and `query_norm.weight`
@@ -241,7 +244,7 @@ class VariantRead(nn.Module):
 
 
 class DenseMix(nn.Module):
-    """DenseFormer's depth-weighted average Y_j = Σ_{i=0..j} a_{j,i} X_i (spec §13).
+    """DenseFormer's depth-weighted average Y_j = Σ_{i=0..j} a_{j,i} X_i (docs/THEORY.md#ablation-variants).
 
     `weight` [j+1] starts as the identity (a_{j,j} = 1, the rest 0), so Y_j = X_j exactly and
     the model starts as the PreNorm baseline, bit for bit. No softmax, no token dependence."""

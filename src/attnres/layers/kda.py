@@ -1,5 +1,6 @@
 """Kimi Delta Attention layer: projections, short convs, gates and the gated output norm around
-the KDA op (spec kimi_linear.md §2.1), with a constant-size cache for decoding (§2.5)."""
+the KDA op (docs/BACKBONE.md#kda-parameterisation), with a constant-size cache for decoding
+(docs/BACKBONE.md#kda-state-and-decoding)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-head Latent Attention without q-LoRA, NoPE by default (spec kimi_linear.md §3).
+"""Multi-head Latent Attention without q-LoRA, NoPE by default (docs/BACKBONE.md#mla-without-rope).
 
 Keys and values are expanded per head from a shared, RMS-normalised latent c [r_kv] plus a shared
 d_rope-wide key part k_pe, so the cache holds only (c, k_pe) per token. Training and prefill
@@ -55,7 +55,7 @@ class MultiHeadLatentAttention(nn.Module):
         decode: "absorbed" or "naive", the path used once the cache holds earlier tokens.
 
     Set `track_max_logit = True` to fold, in training-mode forwards, the per-head max of the
-    visible scaled logits into the buffer `max_logit` [H] for QK-Clip (spec optim.md §6).
+    visible scaled logits into the buffer `max_logit` [H] for QK-Clip (docs/OPTIM.md#qk-clip).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_nope: int, d_rope: int, d_v: int,

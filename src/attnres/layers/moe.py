@@ -1,4 +1,4 @@
-"""Mixture-of-experts FFN (spec kimi_linear.md §4): sigmoid router with a selection-only bias,
+"""Mixture-of-experts FFN (docs/BACKBONE.md#moe-ffn): sigmoid router with a selection-only bias,
 renormalised top-k weights scaled by ρ, 3-D routed SwiGLU experts, one shared SwiGLU expert.
 
 Per token x (router in fp32):

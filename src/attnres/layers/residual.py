@@ -12,14 +12,15 @@ the residual kind:
     h_final = stream.final()                  # before the final norm
 
 `prenorm` is the standard residual h_{l+1} = h_l + f_l(h_l). `attnres` keeps the Block AttnRes
-bookkeeping of spec attnres.md §4 (completed block sums plus a partial), and Full AttnRes is the
-same code with S = 1 (§7). Each read is a softmax over depth with its own zero-initialised
-pseudo-query and RMSNorm'd keys (§2); the final read aggregates every source (§6).
+bookkeeping of docs/THEORY.md#block-attnres (completed block sums plus a partial), and Full
+AttnRes is the same code with S = 1 (docs/THEORY.md#endpoints). Each read is a softmax over depth
+with its own zero-initialised pseudo-query and RMSNorm'd keys (docs/THEORY.md#the-depth-attention-read);
+the final read aggregates every source (docs/THEORY.md#the-final-read).
 
-The Table-4 ablations (§13) plug into the same interface: depth-read variants (`ReadOptions`,
-modules in `depth_variants.py`; the window is applied here, by the stream), `denseformer`
-(PreNorm inside each layer, a depth-weighted average of the layer outputs at every layer
-boundary) and `mhc` (4 hyper-connection streams, one mHC module around each sublayer).
+The Table-4 ablations (docs/THEORY.md#ablation-variants) plug into the same interface: depth-read
+variants (`ReadOptions`, modules in `depth_variants.py`; the window is applied here, by the stream),
+`denseformer` (PreNorm inside each layer, a depth-weighted average of the layer outputs at every
+layer boundary) and `mhc` (4 hyper-connection streams, one mHC module around each sublayer).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class DepthRead(nn.Module):
 
     Zero queries make every read start as the uniform mean of its sources, 1/n times the
     baseline's hidden state; the sublayer's PreNorm then takes ε/n² (`Residual.norm_eps`) so
-    that its output equals the baseline's at any ε (docs/DESIGN.md, "Exact drop-in at step 0")."""
+    that its output equals the baseline's at any ε (docs/DESIGN.md#exact-drop-in-at-step-0)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, impl: str = "recompute"):
         super().__init__()
@@ -180,10 +181,10 @@ class Residual:
         """The ε of the RMSNorm that reads the output of read `sub` (the sublayer's PreNorm, or
         the final norm for sub = L): ε·c² with c = `init_read_scale(sub)`.
 
-        RMSNorm_{ε c²}(c·x) = x / √(ms(x) + ε) = RMSNorm_ε(x), so at initialisation every
-        sublayer input after its PreNorm, and the logits, equal the PreNorm baseline's at the
-        configured ε (invariant I2, docs/DESIGN.md "Exact drop-in at step 0"), not only at ε = 0. Once trained, the read
-        is a weighted mean of sources of the baseline's scale, which ε/n² leaves as safe from
+        RMSNorm_{ε c²}(c·x) = x / √(ms(x) + ε) = RMSNorm_ε(x), so at initialisation every sublayer
+        input after its PreNorm, and the logits, equal the PreNorm baseline's at the configured ε
+        (invariant I2, docs/DESIGN.md#exact-drop-in-at-step-0), not only at ε = 0. Once trained, the
+        read is a weighted mean of sources of the baseline's scale, which ε/n² leaves as safe from
         division by zero as ε does (ε/n² ≥ 1e-5/33² ≈ 1e-8 in fp32 at n = 33)."""
         return eps * self.init_read_scale(sub) ** 2
 
@@ -223,7 +224,7 @@ class PreNormStream:
 
 
 class AttnResStream:
-    """Block AttnRes bookkeeping (spec §4, eager sealing); S = 1 is Full AttnRes.
+    """Block AttnRes bookkeeping (docs/THEORY.md#bookkeeping, eager sealing); S = 1 is Full AttnRes.
 
     State: `completed` = [b_0 = e, b_1, ...] and `partial` = the running sum of the open block's
     outputs (None right after a block closes). Every source is held in the stream's dtype."""
@@ -274,7 +275,7 @@ class AttnResStream:
             self.completed.append(self.partial)
             self.partial = None
             if self.window is not None and len(self.completed) > self.window + 1:
-                # SWA over depth (§13): older outputs are never read again
+                # SWA over depth (docs/THEORY.md#ablation-variants): older outputs are never read again
                 self.completed = [self.completed[0]] + self.completed[-self.window:]
 
     def final(self) -> torch.Tensor:
@@ -312,10 +313,10 @@ class AttnResStream:
 
 
 class DenseFormerStream(PreNormStream):
-    """DenseFormer (spec §13): the PreNorm residual inside each layer, and after layer j
-    Y_j = Σ_{i=0..j} a_{j,i} X_i over the layer outputs X_i (X_0 = e); layer j+1 reads Y_j and
-    the final norm reads Y_{L_b}. The mix runs after every second write (a layer boundary), with
-    the `DenseMix` stored as the read before the next layer's mixer (or the final read)."""
+    """DenseFormer (docs/THEORY.md#ablation-variants): the PreNorm residual inside each layer, and
+    after layer j Y_j = Σ_{i=0..j} a_{j,i} X_i over the layer outputs X_i (X_0 = e); layer j+1 reads
+    Y_j and the final norm reads Y_{L_b}. The mix runs after every second write (a layer boundary),
+    with the `DenseMix` stored as the read before the next layer's mixer (or the final read)."""
 
     def __init__(self, embedding: torch.Tensor, reads: list, record: DepthRecord | None = None):
         super().__init__(embedding, record)
@@ -339,9 +340,10 @@ class DenseFormerStream(PreNormStream):
 
 
 class HyperStream:
-    """mHC (spec §13): m residual streams folded into the batch, [(B·m), T, d]. Before sublayer
-    l its `HyperConnection` mixes the streams and forms the input (read); its output is written
-    back into every stream (write). The final hidden state is the sum of the streams."""
+    """mHC (docs/THEORY.md#ablation-variants): m residual streams folded into the batch,
+    [(B·m), T, d]. Before sublayer l its `HyperConnection` mixes the streams and forms the input
+    (read); its output is written back into every stream (write). The final hidden state is the
+    sum of the streams."""
 
     def __init__(self, embedding: torch.Tensor, reads: list, n_streams: int = MHC_STREAMS,
                  record: DepthRecord | None = None):

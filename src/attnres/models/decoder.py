@@ -141,7 +141,7 @@ class DecoderLM(nn.Module, abc.ABC):
         decay parameters, conv filters) are left alone.
 
         Only backbone tensors draw random numbers, in a fixed order, so a seed gives bitwise the
-        same backbone whatever the residual kind (spec invariant I13)."""
+        same backbone whatever the residual kind (invariant I13, docs/THEORY.md#invariants)."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():

@@ -1,5 +1,5 @@
 """A Kimi-Linear-style decoder: Kimi Delta Attention and MLA (NoPE) mixers interleaved 3:1,
-each followed by a Mixture-of-Experts FFN (the first layer dense). Spec kimi_linear.md.
+each followed by a Mixture-of-Experts FFN (the first layer dense). docs/BACKBONE.md#the-kimi-linear-backbone.
 
 Layer j is MLA iff (j + 1) % 4 == 0 or j is the last layer (the released model's rule), unless
 `layer_pattern` (e.g. "KKKM", repeated) says otherwise. Residual connections are pluggable as for
@@ -64,7 +64,7 @@ class KimiLinearConfig(DecoderConfig):
         return ["M" if (j + 1) % 4 == 0 or j == self.n_layers - 1 else "K" for j in range(self.n_layers)]
 
 
-# Spec kimi_linear.md §6: the released shape ratios at CPU size (H·d_h = 2d, r_kv = H·d_h/8,
+# docs/BACKBONE.md#cpu-presets: the released shape ratios at CPU size (H·d_h = 2d, r_kv = H·d_h/8,
 # d_rope = d_h/2, d_e ≈ 0.45d, dense width = (k + shared)·d_e), deliberately depth-heavy.
 PRESETS = {
     "tiny": dict(d_model=64, n_layers=4, max_seq_len=128, kda_heads=4, mla_heads=4, kv_lora_rank=16,

@@ -1,4 +1,4 @@
-"""Optimisation (spec optim.md): Muon, tag-based routing to Muon / AdamW, LR schedules."""
+"""Optimisation (docs/OPTIM.md): Muon, tag-based routing to Muon / AdamW, LR schedules."""
 
 from .muon import (
     NS_COEFFS,

@@ -1,10 +1,11 @@
-"""Muon (spec optim.md §2–§4): momentum, Newton–Schulz orthogonalisation, Moonlight RMS scale.
+"""Muon (docs/OPTIM.md#muon-update to docs/OPTIM.md#momentum-forms): momentum, Newton–Schulz
+orthogonalisation, Moonlight RMS scale.
 
 `Muon` is the canonical implementation: heavy-ball momentum stored as is, Nesterov by default,
 NS in a configurable dtype, 2-D units and 3-D expert stacks [E, out, in] orthogonalised per
 expert. `build_muon(..., impl="torch")` wraps `torch.optim.Muon` (2-D units only) instead.
 Under FSDP2 a unit is a DTensor shard: momentum stays sharded and Newton–Schulz runs on the
-gathered full matrix (spec §9), each rank keeping its slice of the update.
+gathered full matrix (docs/OPTIM.md#distributed-muon), each rank keeping its slice of the update.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 Tensor = torch.Tensor
 
-NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic (a, b, c) of [ML]; see spec §2
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic (a, b, c) of [ML]; docs/OPTIM.md#muon-update
 NS_STEPS = 5
 NORM_EPS = 1e-7
 RMS_FACTOR = 0.2  # Moonlight: u = 0.2 * sqrt(max(m, n)) * O matches AdamW's update RMS
@@ -38,7 +39,8 @@ def zeropower_newton_schulz(
     dtype: torch.dtype = torch.float32,
     eps: float = NORM_EPS,
 ) -> Tensor:
-    """Approximate U·Vᵀ of X = U·Σ·Vᵀ by `steps` quintic Newton–Schulz iterations (spec §2).
+    """Approximate U·Vᵀ of X = U·Σ·Vᵀ by `steps` quintic Newton–Schulz iterations
+    (docs/OPTIM.md#newton-schulz-iteration).
 
     X is normalised by max(‖X‖_F, eps) in C = promote_types(fp32, X.dtype), transposed when
     m > n (so the Gram matrix X·Xᵀ is the smaller one), cast to `dtype` for the iterations and
@@ -80,7 +82,8 @@ def rms_scale(shape: torch.Size | tuple[int, ...]) -> float:
 
 
 def default_ns_dtype(p: Tensor) -> torch.dtype:
-    """bf16 for CUDA parameters ([ML]: NS "only requires bf16"), fp32 elsewhere (spec §2)."""
+    """bf16 for CUDA parameters ([ML]: NS "only requires bf16"), fp32 elsewhere
+    (docs/OPTIM.md#newton-schulz-iteration)."""
     return torch.bfloat16 if p.is_cuda else torch.float32
 
 
@@ -91,9 +94,9 @@ def is_sharded(t: Tensor) -> bool:
 
 def orthogonalise_sharded(n: Tensor, steps: int, coeffs: tuple[float, float, float],
                           dtype: torch.dtype, eps: float) -> tuple[Tensor, Tensor]:
-    """NS of a DTensor unit (spec §9: NS must see the full logical matrix; 3-D: each expert's):
-    gather the full matrix (an all-gather), orthogonalise it on every rank (the same result),
-    keep this rank's shard. Returns (O as a DTensor like `n`, the full O)."""
+    """NS of a DTensor unit (docs/OPTIM.md#distributed-muon: NS must see the full logical matrix;
+    3-D: each expert's): gather the full matrix (an all-gather), orthogonalise it on every rank (the
+    same result), keep this rank's shard. Returns (O as a DTensor like `n`, the full O)."""
     from torch.distributed.tensor import distribute_tensor
     o_full = zeropower_newton_schulz(n.full_tensor(), steps, coeffs, dtype, eps)
     return distribute_tensor(o_full, n.device_mesh, n.placements, src_data_rank=None), o_full
@@ -113,7 +116,8 @@ def _named(params) -> list[tuple[str, Tensor]]:
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon with heavy-ball momentum and the Moonlight RMS scale (spec §2, §3).
+    """Muon with heavy-ball momentum and the Moonlight RMS scale (docs/OPTIM.md#muon-update,
+    docs/OPTIM.md#3-d-expert-weights).
 
     Per unit W ([m, n], or [E, m, n] batched per expert) with gradient G:
 
@@ -236,11 +240,13 @@ def build_muon(
     ns_steps: int = NS_STEPS,
     ns_dtype: torch.dtype | None = None,
 ) -> torch.optim.Optimizer:
-    """A Muon optimizer: ours (`impl="ours"`) or `torch.optim.Muon` (`impl="torch"`, spec §4).
+    """A Muon optimizer: ours (`impl="ours"`) or `torch.optim.Muon` (`impl="torch"`,
+    docs/OPTIM.md#momentum-forms).
 
     The torch implementation takes 2-D parameters only, runs NS in bf16 and stores EMA momentum
-    buffers (ours store heavy-ball sums: they differ by the factor 1 − μ, spec §4). It is built
-    with adjust_lr_fn="match_rms_adamw" so that both apply the 0.2·sqrt(max(m, n)) scale.
+    buffers (ours store heavy-ball sums: they differ by the factor 1 − μ,
+    docs/OPTIM.md#momentum-forms). It is built with adjust_lr_fn="match_rms_adamw" so that both
+    apply the 0.2·sqrt(max(m, n)) scale.
     """
     if impl == "ours":
         return Muon(params, lr=lr, weight_decay=weight_decay, momentum=momentum,

@@ -1,4 +1,4 @@
-"""QK-Clip, the "Clip" of MuonClip (spec optim.md §6): cap each attention head's max logit at τ.
+"""QK-Clip, the "Clip" of MuonClip (docs/OPTIM.md#qk-clip): cap each attention head's max logit at τ.
 
 After the optimizer step, every attention head h whose largest visible scaled logit S_max over
 the step exceeded τ has its query/key weights scaled so that this logit becomes τ:
@@ -68,7 +68,7 @@ class QKClipStats:
         return max(self.layer_max(), default=float("-inf"))
 
     def to_record(self) -> dict[str, object]:
-        """The per-step log fields of spec §6: per-layer max, clipped heads, global max."""
+        """The per-step log fields of docs/OPTIM.md#qk-clip: per-layer max, clipped heads, global max."""
         layer_max = self.layer_max()
         return {"max_logit": layer_max, "max_logit_max": max(layer_max, default=float("-inf")),
                 "qk_clipped": self.n_clipped}

@@ -1,4 +1,5 @@
-"""Parameter routing by tag (spec optim.md §1) and the Muon + AdamW optimizer behind one interface.
+"""Parameter routing by tag (docs/OPTIM.md#parameter-routing) and the Muon + AdamW optimizer behind
+one interface.
 
 Every trainable parameter carries one `attnres.tags` group, set where it is created:
 `muon` (2-D hidden matrices, 3-D expert stacks), `adamw` (embeddings, head, norm gains, conv
@@ -18,7 +19,8 @@ from .muon import Muon, build_muon, closure_loss
 Named = list[tuple[str, nn.Parameter]]
 
 OPTIMIZERS = ("muon", "adamw")
-MOMENTUM_FORM = {"muon": "heavy_ball", "muon_torch": "ema"}  # spec §4: buffers differ by 1 − μ
+# the stored momentum buffers differ by the factor 1 − μ (docs/OPTIM.md#momentum-forms)
+MOMENTUM_FORM = {"muon": "heavy_ball", "muon_torch": "ema"}
 
 
 def route_parameters(model: nn.Module | Named) -> dict[str, Named]:
@@ -156,16 +158,18 @@ def build_optimizer(
     read_lr_mult: float = 0.1,
 ) -> HybridOptimizer:
     """Route `model`'s parameters (or the given (name, parameter) pairs) by tag and build
-    Muon + AdamW (spec §1, §2, §5).
+    Muon + AdamW (docs/OPTIM.md#parameter-routing, docs/OPTIM.md#muon-update, docs/OPTIM.md#adamw).
 
     optimizer="muon": `muon` units go to Muon (decay λ); `adamw` to AdamW with decay λ;
     `adamw_no_decay` to AdamW with decay 0. With muon_impl="torch" the 2-D units go to
-    `torch.optim.Muon` ("muon_torch") and 3-D expert stacks stay on ours (spec §4).
+    `torch.optim.Muon` ("muon_torch") and 3-D expert stacks stay on ours
+    (docs/OPTIM.md#momentum-forms).
     optimizer="adamw" (the baseline optimizer): the `muon` units go to AdamW with decay λ, in
     their own group "adamw_matrices". `attnres` parameters (the AttnRes reads) go to AdamW with
-    decay 0 at LR `lr * read_lr_mult`, the one group whose LR differs (docs/DESIGN.md, "The read
-    parameters' learning rate"); the schedule scales every group's LR by the same multiplier.
-    Empty groups are left out (a model without hidden matrices has no Muon).
+    decay 0 at LR `lr * read_lr_mult`, the one group whose LR differs
+    (docs/DESIGN.md#the-read-parameters-learning-rate-residuallr_mult); the schedule scales every
+    group's LR by the same multiplier. Empty groups are left out (a model without hidden matrices
+    has no Muon).
     """
     if not read_lr_mult > 0:
         raise ValueError(f"read_lr_mult must be > 0, got {read_lr_mult}")

@@ -1,4 +1,5 @@
-"""Learning-rate schedules (spec optim.md §7): multipliers of the peak LR at step t = 0..T−1.
+"""Learning-rate schedules (docs/OPTIM.md#learning-rate-schedules): multipliers of the peak LR at
+step t = 0..T−1.
 
 One multiplier drives every parameter group (Muon and AdamW alike). `build_scheduler` wraps it
 in `torch.optim.lr_scheduler.LambdaLR`; the multiplier is a plain function, so the scheduler's

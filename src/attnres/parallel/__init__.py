@@ -1,11 +1,11 @@
-"""Parallelism applied from outside the models (STYLE.md); only this package sets up
+"""Parallelism applied from outside the models (docs/DISTRIBUTED.md); only this package sets up
 torch.distributed.
 
 - `parallelize`: the trainer's one entry, `parallelize(model, cfg, device)`, and the `Parallel`
   interface it returns (one class per mode: one process, DDP, FSDP2; pipeline in `pp_train`).
 - `checkpointer`: dp / fsdp checkpoints through `torch.distributed.checkpoint.state_dict`.
-- `pp_plan`: the static plan of Block AttnRes traffic under interleaved pipelines (spec
-  attnres.md §11; pure Python): `pp_plan`, `simulate`, exact block-vector counts.
+- `pp_plan`: the static plan of Block AttnRes traffic under interleaved pipelines
+  (docs/THEORY.md#cross-stage-caching; pure Python): `pp_plan`, `simulate`, exact block-vector counts.
 - `pipeline`: the pipelined decoder with cross-stage caching (`PipelineRunner`, `split_stages`).
 - `distributed`: the process group, DDP / FSDP2 wrapping (`apply_ddp`, `apply_fsdp`).
 - `dist_muon`: owner-compute Muon for DDP (`ShardedMuon`).

@@ -23,7 +23,7 @@ optimizers (Muon, AdamW) are passed one by one. Two of its habits are undone her
   update; a `ShardedMuon` rank that owns nothing) is saved from its own `state_dict()` instead:
   it holds no tensor to gather (`ShardedMuon` gathers its own).
 - On load that zero step gives every parameter a state, also those that never get a gradient
-  (the first AttnRes read's query, spec attnres.md §16): after loading, the state of every
+  (the first AttnRes read's query, docs/THEORY.md#single-source): after loading, the state of every
   parameter the checkpoint has none for is dropped again, as a single process has none. The
   groups' hyperparameters are then set from the checkpoint as saved (the library's round trip
   turns tuples such as `betas` into lists), so a resumed run saves what an uninterrupted one

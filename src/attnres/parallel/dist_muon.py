@@ -1,4 +1,4 @@
-"""Owner-compute Muon for data parallelism (spec optim.md §9, mode `sharded`).
+"""Owner-compute Muon for data parallelism (docs/OPTIM.md#distributed-muon, mode `sharded`).
 
 After the gradient all-reduce every rank holds the same gradients. Instead of every rank running
 Newton–Schulz on every unit (`replicated`), each unit gets one owner; the owner alone keeps its

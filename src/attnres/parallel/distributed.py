@@ -1,4 +1,4 @@
-"""Data parallelism applied from outside the model (STYLE.md): the process group torchrun
+"""Data parallelism applied from outside the model (docs/DISTRIBUTED.md): the process group torchrun
 describes, DDP / FSDP2 wrapping (`apply_ddp`, `apply_fsdp`), and the collectives the trainer's
 `attnres.parallel.parallelize` objects use.
 
@@ -8,7 +8,7 @@ The models know nothing of torch.distributed; this package alone sets it up (her
 Modes (`parallel.mode`):
 - `dp`: `DistributedDataParallel` with `static_graph=True`. The first sublayer's AttnRes read
   has a single source and returns it as is, so its query and key-norm gain never get a gradient
-  (spec attnres.md §16, I7). A static graph lets DDP learn once, in the first step, which
+  (invariant I7, docs/THEORY.md#invariants). A static graph lets DDP learn once, in the first step, which
   parameters are unused; they are left out of every later reduction and keep `grad = None`, as in
   a single-process run, so the optimizer states agree too (zero-filled gradients would give
   AdamW a state for them). It costs no per-step graph walk (`find_unused_parameters=True` does)
@@ -22,7 +22,7 @@ Modes (`parallel.mode`):
   its mixer and FFN (all but a few vectors of its weights) are. Parameters become `DTensor`s
   sharded on dim 0; mixed precision stays off (autocast covers a bf16 compute dtype).
 
-Checkpoints stay in the single-process format (spec optim.md §9: full heavy-ball momentum per
+Checkpoints stay in the single-process format (docs/OPTIM.md#distributed-muon: full heavy-ball momentum per
 unit): `attnres.parallel.checkpointer` gathers and restores them with
 `torch.distributed.checkpoint.state_dict`.
 """

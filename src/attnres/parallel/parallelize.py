@@ -205,7 +205,7 @@ class DataParallel(Distributed):
         return apply_ddp(model, self.device)
 
     def build_optimizer(self, make: Callable):
-        """`optim.muon_dist = sharded`: owner-compute Muon (spec optim.md §9)."""
+        """`optim.muon_dist = sharded`: owner-compute Muon (docs/OPTIM.md#distributed-muon)."""
         optimizer = make(self.model)
         if self.cfg.optim.muon_dist != "sharded":
             return optimizer

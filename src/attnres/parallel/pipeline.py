@@ -1,4 +1,5 @@
-"""Pipeline parallelism for the decoder, with AttnRes cross-stage caching (spec attnres.md §11).
+"""Pipeline parallelism for the decoder, with AttnRes cross-stage caching
+(docs/THEORY.md#cross-stage-caching).
 
 The schedule is PyTorch's: `torch.distributed.pipelining.PipelineStage` per chunk and
 `ScheduleInterleaved1F1B` (V > 1) or `Schedule1F1B` (V = 1) over them. That library moves one
@@ -288,7 +289,8 @@ class PipelineRunner:
 
     Args:
         model: the whole model, built identically (same seed) on every rank.
-        P: ranks of `group`. V: virtual stages per rank. cache: cross-stage caching (§11).
+        P: ranks of `group`. V: virtual stages per rank. cache: cross-stage caching
+            (docs/THEORY.md#cross-stage-caching).
         n_microbatches: M; the batch is split along dim 0 into M equal micro-batches.
         cache_own_blocks: also keep the blocks a rank's earlier chunks closed.
         chunk_sizes: explicit sublayers per chunk (default: pp_plan's equal split).

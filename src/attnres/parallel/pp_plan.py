@@ -1,5 +1,6 @@
-"""The static plan of Block AttnRes traffic under interleaved pipeline parallelism (spec
-attnres.md §11, paper §4.1, Fig. 3, Eq. 7/8). Pure Python: no torch, no communication.
+"""The static plan of Block AttnRes traffic under interleaved pipeline parallelism
+(docs/THEORY.md#cross-stage-caching, paper §4.1, Fig. 3, Eq. 7/8). Pure Python: no torch, no
+communication.
 
 Setup. P ranks, V virtual stages per rank, C = P·V chunks of contiguous sublayers. Chunk c
 (1-based) runs on rank (c−1) mod P in virtual stage ⌈c/P⌉ − 1. Chunk sizes are equal; when C
@@ -108,7 +109,8 @@ class PPPlan:
         return max((len(p) for p in self.payloads()), default=0)
 
     def table(self) -> str:
-        """The spec §11 table: transition, receiver, naive and cached payloads."""
+        """The table of docs/THEORY.md#cross-stage-caching: transition, receiver, naive and cached
+        payloads."""
         def ids(blocks):
             return "[" + ",".join(f"b{b}" for b in blocks) + "]"
         rows = [f"{'transition':<11}{'receiver':<10}{'naive':<24}cached"]
@@ -211,10 +213,10 @@ class SimResult:
 def simulate(plan: PPPlan, cache: bool | None = None) -> SimResult:
     """Run `plan` with explicit per-rank block stores and count transmitted block-vectors.
 
-    Independently of the plan's arithmetic it replays the §4 bookkeeping (sublayer by sublayer)
-    and checks, for every transition, that the sender holds each block it sends, that nothing
-    sent is already held by the receiver (cached mode), that the payload is one contiguous id
-    range, and that the receiver ends up with exactly the blocks its chunk reads.
+    Independently of the plan's arithmetic it replays the bookkeeping of docs/THEORY.md#bookkeeping
+    (sublayer by sublayer) and checks, for every transition, that the sender holds each block it
+    sends, that nothing sent is already held by the receiver (cached mode), that the payload is one
+    contiguous id range, and that the receiver ends up with exactly the blocks its chunk reads.
 
     Raises:
         AssertionError: naming the transition, if a check fails.
@@ -241,7 +243,7 @@ def simulate(plan: PPPlan, cache: bool | None = None) -> SimResult:
                 f"{where}: receiver has {sorted(local)}, chunk reads {completed}"
             sent.append(len(payload))
         store[chunk.rank] |= local        # the input of this chunk is kept
-        for sub in chunk.sublayers:       # run the chunk: blocks close as in §4
+        for sub in chunk.sublayers:       # run the chunk: blocks close as in docs/THEORY.md#bookkeeping
             if sub in closes:
                 completed.append(len(completed))
                 local.add(completed[-1])
@@ -262,6 +264,7 @@ def count_block_vectors(P: int, V: int, block_closes: Sequence[int],
 
 
 def aligned_counts(P: int, V: int, n_per_chunk: int) -> tuple[int, int]:
-    """(naive, cached) exact counts for N_p = n_per_chunk blocks per chunk, aligned (spec §11)."""
+    """(naive, cached) exact counts for N_p = n_per_chunk blocks per chunk, aligned
+    (docs/THEORY.md#cross-stage-caching)."""
     C, n = P * V, n_per_chunk
     return (C - 1) + n * C * (C - 1) // 2, (P - 1) + n * (P * (P - 1) // 2 + (V - 1) * P * P)

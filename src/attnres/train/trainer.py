@@ -1,6 +1,6 @@
 """The training loop: one Trainer, built from a Config, that trains, evaluates and checkpoints.
 
-Step order (spec optim.md §8): forward, backward, global grad-norm clip, optimizer step (Muon +
+Step order (docs/OPTIM.md#step-order): forward, backward, global grad-norm clip, optimizer step (Muon +
 AdamW), QK-Clip, LR schedule, zero grads.
 
 Reliability (docs/RELIABILITY.md): a step whose loss or gradient norm is not finite is skipped
@@ -127,7 +127,7 @@ class Trainer:
         self._signal: int | None = None  # the first SIGINT / SIGTERM received while training
         self.has_moe = bool(moe_layers(self.model))
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
-        # QK-Clip (optim.md §6): attention layers track their per-head max logit while training.
+        # QK-Clip (docs/OPTIM.md#qk-clip): attention layers track their per-head max logit while training.
         self.qk_clip = cfg.optim.qk_clip_enabled() and enable_tracking(self.model) > 0
         # the q/k weights QK-Clip rescales (FSDP2: gathered whole around it)
         self._qk_weights = [getattr(m, n) for _, m in attention_layers(self.model)
@@ -319,7 +319,7 @@ class Trainer:
         # the loss and the norm are the global batch's, the same on every rank: all skip together
         value, grad_norm, self._step_stats = self.par.forward_backward(x, y, self._max_norm)
         lr = self.optimizer.param_groups[0]["lr"]
-        # a non-finite loss or gradient skips the update (optim.md §8), counted against the limit
+        # a non-finite loss or gradient skips the update (docs/OPTIM.md#step-order), counted against the limit
         finite = math.isfinite(value) and math.isfinite(grad_norm)
         self._skipped_in_a_row = 0 if finite else self._skipped_in_a_row + 1
         self.skipped_steps += not finite
@@ -332,7 +332,7 @@ class Trainer:
         elif self.qk_clip:  # a skipped step still resets
             reset_max_logits(self.model)
         self.scheduler.step()
-        if self.has_moe:  # aux-loss-free balancing: bias update after the step (kimi_linear.md §4)
+        if self.has_moe:  # aux-loss-free balancing: bias update after the step (docs/BACKBONE.md#aux-loss-free-balancing)
             for name, stats in update_all_biases(self.model, reduce=self.par.reduce_sum).items():
                 total = self._expert_counts.setdefault(name, [0] * len(stats["counts"]))
                 self._expert_counts[name] = [a + b for a, b in zip(total, stats["counts"])]

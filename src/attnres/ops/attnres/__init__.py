@@ -1,8 +1,9 @@
-"""The depth-attention read (spec §2): a softmax over earlier sources against a pseudo-query.
+"""The depth-attention read (docs/THEORY.md#the-depth-attention-read): a softmax over earlier
+sources against a pseudo-query.
 
 Three implementations with one signature: `naive` (stacked, plain autograd,
 the test reference), `recompute` (never stacks; saves the sources by reference and one lse per
-token, recomputes in backward; the default) and `two_phase` (spec §8; same backward).
+token, recomputes in backward; the default) and `two_phase` (docs/THEORY.md#two-phase-computation; same backward).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Reference depth-attention read (spec §2): the sources stacked, plain autograd.
+"""Reference depth-attention read (docs/THEORY.md#the-depth-attention-read): the sources stacked,
+plain autograd.
 
-This file is the spec in code. The fast paths (`recompute.py`, `two_phase.py`) reuse its input
-check and its per-source logit so that the math is written once; they never stack the sources.
+This file is docs/THEORY.md#the-depth-attention-read in code. The fast paths (`recompute.py`,
+`two_phase.py`) reuse its input check and its per-source logit so that the math is written once;
+they never stack the sources.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def full_precision(device: torch.device):
-    """Autocast off: it would run the logit matmuls in bf16, and the spec keeps r, z and the
-    weighted sum in the compute dtype whatever the surrounding mixed-precision policy."""
+    """Autocast off: it would run the logit matmuls in bf16, and docs/THEORY.md#numerics keeps r, z
+    and the weighted sum in the compute dtype whatever the surrounding mixed-precision policy."""
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
@@ -72,7 +74,8 @@ def logit(q: Tensor, v: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 
 def single_source(v0: Tensor, return_weights: bool):
-    """Spec §2: a single source is returned itself, bitwise, so query and gain get no gradient."""
+    """docs/THEORY.md#single-source: a single source is returned itself, bitwise, so query and gain
+    get no gradient."""
     if return_weights:
         return v0, torch.ones((1, *v0.shape[:-1]), dtype=compute_dtype(v0.dtype), device=v0.device)
     return v0

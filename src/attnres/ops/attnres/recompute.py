@@ -1,4 +1,4 @@
-"""Depth-attention read with a recomputing backward (spec §9).
+"""Depth-attention read with a recomputing backward (docs/THEORY.md#the-recomputing-backward).
 
 The sources are never stacked. The Function saves references to the source tensors (which the
 model keeps alive anyway: later reads use them) and one lse scalar per token, and rebuilds
@@ -48,7 +48,8 @@ def depth_weights(
 
 
 def _backward(ctx, grad_out):
-    """Spec §9: two passes over the saved sources keeping per-token scalars only."""
+    """docs/THEORY.md#the-recomputing-backward: two passes over the saved sources keeping per-token
+    scalars only."""
     query, gain, lse, *sources = ctx.saved_tensors
     cdt, d = lse.dtype, query.shape[0]
     q = folded_query(query, gain, cdt)

@@ -1,4 +1,5 @@
-"""Two-phase depth attention (spec §8): a batched phase 1, then online-softmax merges.
+"""Two-phase depth attention (docs/THEORY.md#two-phase-computation): a batched phase 1, then
+online-softmax merges.
 
 The pseudo-queries do not depend on the input, so all reads of a block (or of a Full-AttnRes
 scheduling group) can attend over the sources that exist before it starts in one batched

@@ -1,14 +1,15 @@
-"""Kimi Delta Attention, chunk by chunk: the WY / UT algorithm (spec `kimi_linear.md` §2.3-2.4).
+"""Kimi Delta Attention, chunk by chunk: the WY / UT algorithm
+(docs/BACKBONE.md#kda-chunkwise-form, docs/BACKBONE.md#kda-numerics).
 
 Pure PyTorch, differentiated by autograd. Everything inside a chunk (the decayed key-key and
 query-key products, the unit-lower-triangular solve, the WY factors W and U~) is computed for
 all batches, heads and chunks at once; only the state is carried chunk after chunk.
 
-Numerics (§2.4): decays are cumulative sums of g in log space, restarting every chunk, and only
-non-positive numbers are exponentiated. Masked pairs get an exponent of -inf *before* `exp`, so
-no inf ever appears, in the forward or the backward, however strong the decay. Pairwise decays
-are formed per sub-chunk of `subchunk_size` tokens: exactly inside a diagonal sub-block, and
-through the reference point Gamma_a (G just before sub-chunk a) between sub-chunks,
+Numerics (docs/BACKBONE.md#kda-numerics): decays are cumulative sums of g in log space, restarting
+every chunk, and only non-positive numbers are exponentiated. Masked pairs get an exponent of -inf
+*before* `exp`, so no inf ever appears, in the forward or the backward, however strong the decay.
+Pairwise decays are formed per sub-chunk of `subchunk_size` tokens: exactly inside a diagonal
+sub-block, and through the reference point Gamma_a (G just before sub-chunk a) between sub-chunks,
     exp(G_r - G_s) = exp(G_r - Gamma_a) * exp(Gamma_a - G_s),   both factors ≤ 1,
 which turns each off-diagonal sub-block into a matmul.
 """
@@ -82,7 +83,8 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
         output_final_state: also return the state after the last token.
         chunk_size: chunk length C (16, 32, 64, ...). T need not be a multiple: the input is
             right-padded with q = k = v = 0, g = 0, beta = 0 (writes and decays nothing).
-        subchunk_size: length c of the sub-chunks pairwise decays are formed in (§2.4);
+        subchunk_size: length c of the sub-chunks pairwise decays are formed in
+            (docs/BACKBONE.md#kda-numerics);
             min(c, C) is used, and it must divide C.
 
     Returns:

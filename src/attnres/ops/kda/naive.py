@@ -1,4 +1,4 @@
-"""Kimi Delta Attention, step by step: the definition (spec `kimi_linear.md` §2.2).
+"""Kimi Delta Attention, step by step: the definition (docs/BACKBONE.md#kda-recurrence).
 
 Per head, with a state S of layout [K, V]:
 

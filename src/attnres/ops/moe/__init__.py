@@ -1,4 +1,4 @@
-"""Routed-expert dispatch for the MoE FFN (spec kimi_linear.md §4).
+"""Routed-expert dispatch for the MoE FFN (docs/BACKBONE.md#moe-ffn).
 
 Two implementations with one signature: `naive` (every expert on every token, masked; the test
 reference) and `sorted` (assignments sorted by expert, one matmul chain per expert, scattered

@@ -1,6 +1,6 @@
 """Dense MoE reference: every expert runs on every token; a [N, E] combine matrix masks and weights.
 
-The definition in code (spec kimi_linear.md §4): y_n = Σ_j w_{n,j} · Expert_{e_{n,j}}(x_n), with
+The definition in code (docs/BACKBONE.md#moe-ffn): y_n = Σ_j w_{n,j} · Expert_{e_{n,j}}(x_n), with
 Expert_e(x) = W2_e · (SiLU(W1_e x) ⊙ W3_e x). It costs E/k times the routed FLOPs: tests only.
 """
 
