@@ -37,7 +37,8 @@ from .distributed import (
 )
 from .dist_muon import ShardedMuon, assign_owners, shard_muon
 from .pipeline import BlockCache, PipelineChunk, PipelineRunner, payload_header, split_stages
-from .parallelize import DataParallel, FullyShardedParallel, Parallel, parallelize
+from .modes import DataParallel, FullyShardedParallel, Parallel
+from .parallelize import parallelize
 from .pp_train import PipelineParallel
 from .checkpointer import DistributedCheckpointer
 

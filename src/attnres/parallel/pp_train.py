@@ -41,7 +41,7 @@ from torch import nn
 from attnres.train.checkpoint import Checkpointer
 
 from .distributed import World, init_distributed, local_device
-from .parallelize import Distributed
+from .modes import Distributed
 from .pipeline import PipelineRunner
 
 # scheduler state entries with one value per optimizer param group (LambdaLR)

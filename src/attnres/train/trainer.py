@@ -89,6 +89,7 @@ class Trainer:
             where = ckpt.resolve_checkpoint(resume)
             run_dir = where.parent.parent if where.parent.name == "checkpoints" else None
         self.run_dir = Path(run_dir or cfg.train.out_dir)
+        device = resolve_device(cfg.train.device)  # a bad --device fails before any data is read
         self.data = data or prepare_data(cfg.data.source, cfg.data.tokenizer,
                                          cfg.data.vocab_size or None, cfg.data.val_fraction,
                                          cfg.data.cache_dir, workers=cfg.data.workers,
@@ -100,7 +101,7 @@ class Trainer:
         check_length(self.data.val, self.seq_len, "validation split")
         self.model = build_model(cfg, self.data.tokenizer.vocab_size, self.model_cfg)
         # DDP / FSDP2 / pipeline stages, on this rank's device
-        self.par = parallelize(self.model, cfg, resolve_device(cfg.train.device))
+        self.par = parallelize(self.model, cfg, device)
         self.device = self.par.device
         self.optimizer = self.par.build_optimizer(self._build_optimizer)
         warmup = None if cfg.sched.warmup_steps < 0 else cfg.sched.warmup_steps
