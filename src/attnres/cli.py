@@ -114,10 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train a ladder of dense sizes x arms x seeds (resumable), fit "
                        "L = A*C^-alpha per arm and report the compute advantage. "
                        "`attnres scaling advantage ...` evaluates published or fitted coefficients.")
-    p.add_argument("--sizes", type=int, default=None, help="ladder sizes (default 5; 4 with --quick)")
+    p.add_argument("--sizes", type=int, default=None, help="ladder sizes (default 4; 4 tiny ones with --quick)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 2)")
     p.add_argument("--tokens-per-param", type=float, default=None,
-                   help="training tokens per non-embedding parameter incl. the head (default 2)")
+                   help="training tokens per non-embedding parameter incl. the head (default 5)")
     p.add_argument("--residual", default=None,
                    help="comma-separated arms, residual kinds: prenorm,full,block (default all)")
     p.add_argument("--data", default=None, help="corpus, as for compare (default shakespeare)")

@@ -7,11 +7,11 @@ count; each run's raw result is one JSON file, `<out>/<size>/<arm>/seed-<k>.json
 
 The ladder (`ladder_sizes`) grows depth and width together at the presets' aspect ratio,
 d_model / n_layers = 16, with the paper's H = L_b heads (so head dim 16), plain multi-head
-attention and the SwiGLU width ≈ 8/3·d of the presets. The default five sizes run from the
-`tiny` shape (d 64, 4 layers) to the `small` shape (d 128, 8 layers): about 0.2M to 1.6M
-non-embedding parameters, a factor 8 in size and 64 in compute at a fixed tokens-per-parameter
-ratio. At the default 2 tokens per parameter (0.4M to 3.3M tokens per run) the 30 runs take
-about 75 minutes on two CPU cores with `--workers 2`; larger sizes or budgets take hours there.
+attention and the SwiGLU width ≈ 8/3·d of the presets. The default four sizes run from the
+`tiny` shape (d 64, 4 layers) to d 112, 7 layers: about 0.2M to 1.1M non-embedding parameters,
+a factor 5 in size and 25 in compute at a fixed tokens-per-parameter ratio. At the default 5
+tokens per parameter (1.1M to 5.5M tokens per run) the 24 runs take about 2.5 hours on two CPU
+cores with `--workers 2` (docs/RESULTS.md); `--sizes 5` adds the `small` shape (d 128, 8 layers).
 
 Compute per run (docs/TARGETS.md#a2-scaling-law-fits-and-compute-advantage):
 C = 6·(N_active_non-emb + d·V)·D FLOPs, with the LM-head matmul counted and the embedding lookup
@@ -94,10 +94,10 @@ def ladder_sizes(n: int, first_layers: int = 4) -> list[tuple[int, int, int, int
 
 @dataclass
 class ScalingSettings:
-    sizes: int = 5
+    sizes: int = 4
     first_layers: int = 4
     seeds: int = 2                  # seeds 0 .. seeds-1
-    tokens_per_param: float = 2.0   # D = tokens_per_param · N_c, rounded to whole steps
+    tokens_per_param: float = 5.0   # D = tokens_per_param · N_c, rounded to whole steps
     min_steps: int = 50
     arms: tuple[str, ...] = ARMS
     data: str = "shakespeare"
