@@ -1,0 +1,272 @@
+"""Conversion between transformers Llama / Qwen3 checkpoints and attnres dense models.
+
+In: `from_hf(path_or_model, residual=...)` maps the source's config onto `DenseConfig`, builds
+the attnres model with the chosen residual, and copies every source tensor into it by name
+(`NAMES`, docs/HF.md#name-mapping), one safetensors shard at a time. The AttnRes reads keep
+their zero queries, so a Full or Block model starts with the source's logits
+(docs/DESIGN.md#exact-drop-in-at-step-0). A config feature the backbone lacks is refused with
+one line naming it (`ConversionError`).
+
+Out: `to_hf(model, out)` writes a prenorm model as a plain transformers Llama (or Qwen3, with
+q/k norms) folder that loads without attnres; any other residual is saved as `attnres_llama`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from attnres.config import ResidualConfig
+from attnres.hf.configuration import AttnResLlamaConfig
+from attnres.hf.modeling import AttnResLlamaForCausalLM
+
+SOURCES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# files of a source folder that travel with its weights (tokenizer, generation defaults)
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+              "chat_template.jinja")
+
+# transformers name -> attnres (DenseLM) name; {i} is the layer index
+NAMES = {
+    "model.embed_tokens.weight": "embed_tokens.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attn_norm.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm.weight",
+    **{f"model.layers.{{i}}.self_attn.{p}_proj.{t}": f"layers.{{i}}.self_attn.{p}_proj.{t}"
+       for p in "qkvo" for t in ("weight", "bias")},
+    "model.layers.{i}.self_attn.q_norm.weight": "layers.{i}.self_attn.q_norm.weight",
+    "model.layers.{i}.self_attn.k_norm.weight": "layers.{i}.self_attn.k_norm.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "layers.{i}.mlp.w1.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.mlp.w3.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.mlp.w2.weight",
+}
+_LAYER = re.compile(r"\.(\d+)\.")
+_IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # recomputed, never learned
+
+
+class ConversionError(ValueError):
+    """A checkpoint the conversion cannot map; the message is one line."""
+
+
+def _rename(name: str, table: dict[str, str]) -> str | None:
+    m = _LAYER.search(name)
+    key = name[:m.start()] + ".{i}." + name[m.end():] if m else name
+    target = table.get(key)
+    return None if target is None else target.replace("{i}", m.group(1)) if m else target
+
+
+def attnres_name(hf_name: str) -> str | None:
+    return _rename(hf_name, NAMES)
+
+
+def hf_name(attnres_name: str) -> str | None:
+    return _rename(attnres_name, {v: k for k, v in NAMES.items()})
+
+
+# --- config ---------------------------------------------------------------------------------
+
+def _read_config_json(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.is_file():
+        raise ConversionError(f"{path}: no config.json (expected a transformers model folder)")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{file}: not JSON ({err})") from None
+
+
+def _check_model_type(model_type: str | None, where: str) -> None:
+    if model_type not in SOURCES:
+        raise ConversionError(
+            f"{where}: model type {model_type!r} cannot be converted; supported: "
+            f"{', '.join(SOURCES)} ({', '.join(SOURCES.values())})")
+
+
+def dense_fields(hf_config) -> dict:
+    """The `AttnResLlamaConfig` fields of a transformers Llama / Qwen3 config; raises
+    ConversionError naming every feature the dense backbone does not have."""
+    c, missing = hf_config, []
+    rope = dict(getattr(c, "rope_parameters", None) or {})
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in ("default", "llama3"):
+        missing.append(f"rope type {rope_type!r} (have: default, llama3)")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        missing.append("partial_rotary_factor != 1")
+    if getattr(c, "hidden_act", "silu") != "silu":
+        missing.append(f"hidden_act {c.hidden_act!r} (have: silu)")
+    if getattr(c, "mlp_bias", False):
+        missing.append("mlp_bias")
+    if getattr(c, "use_sliding_window", False):
+        missing.append("sliding-window attention")
+    if any(t != "full_attention" for t in (getattr(c, "layer_types", None) or [])):
+        missing.append("layer types other than full_attention")
+    if missing:
+        raise ConversionError(f"{c.model_type}: cannot convert, the dense backbone lacks "
+                              f"{'; '.join(missing)}")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    llama3 = None
+    if rope_type == "llama3":
+        llama3 = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings")}
+    return dict(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads or c.num_attention_heads,
+        head_dim=0 if head_dim * c.num_attention_heads == c.hidden_size else head_dim,
+        max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
+        rope_theta=float(rope.get("rope_theta", 10000.0)), rope_scaling_llama3=llama3,
+        attention_bias=bool(getattr(c, "attention_bias", False)),
+        qk_norm=c.model_type == "qwen3",
+        initializer_range=getattr(c, "initializer_range", 0.02),
+        tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
+        pad_token_id=getattr(c, "pad_token_id", None), source_model_type=c.model_type)
+
+
+def _residual(residual: str | ResidualConfig, block_size: int | None) -> ResidualConfig:
+    if isinstance(residual, ResidualConfig):
+        return residual
+    if residual not in ("prenorm", "full", "block"):
+        raise ConversionError(f"residual {residual!r}: convert takes prenorm, full or block")
+    if block_size is not None and residual != "block":
+        raise ConversionError(f"--block-size applies to --residual block, not {residual}")
+    return ResidualConfig(residual, block_size=block_size or 0)
+
+
+# --- weights --------------------------------------------------------------------------------
+
+def _source_tensors(path: Path):
+    """(name, tensor) of every tensor in the folder's safetensors files, one shard open at a
+    time (a sharded checkpoint lists its shards in model.safetensors.index.json)."""
+    from safetensors import safe_open
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise ConversionError(f"{path}: no model.safetensors or model.safetensors.index.json "
+                              f"(only safetensors weights are read)")
+    for shard in shards:
+        with safe_open(str(path / shard), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+@torch.no_grad()
+def load_source_weights(model: AttnResLlamaForCausalLM, tensors, where: str) -> None:
+    """Copy (transformers name, tensor) pairs into the model; every backbone parameter must be
+    filled exactly once and every source tensor used."""
+    own = dict(model.model.named_parameters())
+    filled = set()
+    for name, tensor in tensors:
+        if _IGNORED.search(name):
+            continue
+        target = attnres_name(name)
+        if target is None or target not in own:
+            raise ConversionError(f"{where}: tensor {name!r} has no place in the attnres model")
+        if tuple(tensor.shape) != tuple(own[target].shape):
+            raise ConversionError(f"{where}: {name} has shape {tuple(tensor.shape)}, the attnres "
+                                  f"model expects {tuple(own[target].shape)} for {target}")
+        own[target].copy_(tensor)
+        filled.add(target)
+    backbone = {n for n in own if ".res_" not in n and not n.startswith("final_res")}
+    if model.config.tie_word_embeddings:
+        backbone.discard("lm_head.weight")  # the same tensor as the embedding (named_parameters)
+    if missing := sorted(backbone - filled):
+        raise ConversionError(f"{where}: the checkpoint lacks {len(missing)} tensor(s), e.g. "
+                              f"{hf_name(missing[0]) or missing[0]}")
+
+
+def from_hf(path_or_model, residual: str | ResidualConfig = "prenorm",
+            block_size: int | None = None, dtype: torch.dtype = torch.float32,
+            max_position_embeddings: int | None = None) -> AttnResLlamaForCausalLM:
+    """A transformers Llama / Qwen3 model (a local folder, or a loaded `PreTrainedModel`) as an
+    `AttnResLlamaForCausalLM` with `residual` (prenorm | full | block, or a ResidualConfig)."""
+    residual = _residual(residual, block_size)
+    if isinstance(path_or_model, (str, Path)):
+        path = Path(path_or_model)
+        _check_model_type(_read_config_json(path).get("model_type"), str(path))
+        from transformers import AutoConfig
+        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        tensors, where = _source_tensors(path), str(path)
+    else:
+        hf_config = path_or_model.config
+        _check_model_type(hf_config.model_type, type(path_or_model).__name__)
+        tensors, where = path_or_model.state_dict().items(), type(path_or_model).__name__
+    fields = dense_fields(hf_config)
+    if max_position_embeddings:
+        fields["max_position_embeddings"] = max_position_embeddings
+    config = AttnResLlamaConfig(**fields, residual=_residual_dict(residual))
+    model = AttnResLlamaForCausalLM(config)
+    load_source_weights(model, tensors, where)
+    return model.to(dtype).eval()
+
+
+def _residual_dict(r: ResidualConfig) -> dict:
+    import dataclasses
+    return dataclasses.asdict(r)
+
+
+def copy_side_files(src: Path, out: Path) -> list[str]:
+    """Tokenizer and generation files of `src` that are not there yet in `out`."""
+    copied = []
+    for name in SIDE_FILES:
+        if (src / name).is_file() and not (out / name).exists():
+            shutil.copy2(src / name, out / name)
+            copied.append(name)
+    return copied
+
+
+# --- out ------------------------------------------------------------------------------------
+
+def to_hf_model(model: AttnResLlamaForCausalLM):
+    """A prenorm attnres model as the transformers model it came from (Qwen3 when it has q/k
+    norms, else Llama), with the same weights."""
+    c = model.config
+    if (c.residual or {}).get("kind", "prenorm") != "prenorm":
+        raise ConversionError(f"residual {c.residual['kind']!r}: only a prenorm model is a plain "
+                              f"transformers model; save an AttnRes model as attnres_llama")
+    from transformers import AutoConfig, AutoModelForCausalLM
+    model_type = "qwen3" if c.qk_norm else "llama"
+    if model_type == "qwen3" and c.rope_scaling_llama3:
+        raise ConversionError("a model with q/k norms and Llama 3 RoPE scaling has no "
+                              "transformers class")
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta}
+    if c.rope_scaling_llama3:
+        rope = {**rope, "rope_type": "llama3", **c.rope_scaling_llama3}
+    head_dim = c.head_dim or c.hidden_size // c.num_attention_heads
+    hf_config = AutoConfig.for_model(
+        model_type, vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+        head_dim=head_dim, max_position_embeddings=c.max_position_embeddings,
+        rms_norm_eps=c.rms_norm_eps, rope_parameters=rope, attention_bias=c.attention_bias,
+        tie_word_embeddings=c.tie_word_embeddings, initializer_range=c.initializer_range,
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id)
+    out = AutoModelForCausalLM.from_config(hf_config).to(model.dtype)
+    state = {hf_name(n): t for n, t in model.model.state_dict().items()}
+    if c.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    result = out.load_state_dict(state, strict=False)
+    unexpected = [k for k in result.unexpected_keys]
+    missing = [k for k in result.missing_keys if not (c.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ConversionError(f"export: names do not match (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]})")
+    return out.eval()
+
+
+def to_hf(model: AttnResLlamaForCausalLM, out: str | Path) -> str:
+    """Save `model` under `out`: prenorm as plain transformers (returns its model type), any
+    other residual as `attnres_llama`."""
+    kind = (model.config.residual or {}).get("kind", "prenorm")
+    target = to_hf_model(model) if kind == "prenorm" else model
+    target.save_pretrained(out)
+    return target.config.model_type

@@ -1,0 +1,110 @@
+"""`AttnResLlamaForCausalLM`: an attnres dense model as a transformers `PreTrainedModel`.
+
+The forward is `attnres.models.dense.DenseLM` itself (held as `self.model`); this class only
+adapts the interface: transformers' argument names, `CausalLMOutputWithPast`, safetensors
+`save_pretrained` / `from_pretrained`, and `generate()` through our own decoding cache
+(docs/HF.md#generate-and-the-cache).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from attnres.hf.configuration import AttnResLlamaConfig
+from attnres.layers.attention import Attention
+from attnres.models.decoder import DecoderCache
+from attnres.models.dense import DenseLM
+
+
+class AttnResCache:
+    """The generation cache: our `DecoderCache` (per-layer keys and values) in the place
+    transformers keeps its `Cache`. It is not a `transformers.Cache`: generate() only hands it
+    back to `prepare_inputs_for_generation`, which feeds the tokens it has not seen yet."""
+
+    is_linear = (True,)  # generate() must not slice inputs by a KV length; we do it ourselves
+
+    def __init__(self, decoder: DecoderCache):
+        self.decoder = decoder
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.decoder.length
+
+
+def check_attention_mask(mask: torch.Tensor | None) -> None:
+    """Padding the causal backbone honours as it is: none, or on the right (a padded position
+    comes after every real one, so it cannot change them). Left padding would need per-row
+    positions and key masks, which the backbone does not take yet."""
+    if mask is None or bool(mask.all()):
+        return
+    mask = mask.bool()
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise ValueError("attnres: attention_mask has left padding (a real token after a pad), "
+                         "which the backbone does not support yet; pad on the right or generate "
+                         "one prompt at a time")
+
+
+class AttnResLlamaForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = AttnResLlamaConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["DecoderLayer"]
+    _tied_weights_keys = {"model.lm_head.weight": "model.embed_tokens.weight"}
+    _supports_sdpa = True
+
+    def __init__(self, config: AttnResLlamaConfig):
+        super().__init__(config)
+        self.model = DenseLM(config.to_dense_config())
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """DenseLM initialises its own weights at construction; only what transformers may leave
+        uninitialised after a meta-device load is set here: QK-Clip's running max (a buffer)."""
+        if isinstance(module, Attention):
+            module.max_logit.fill_(float("-inf"))
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() gets our cache from prepare_inputs_for_generation
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.model.lm_head = value
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache: AttnResCache | None = None,
+                                      attention_mask: torch.Tensor | None = None,
+                                      use_cache: bool = True, **kwargs) -> dict:
+        if use_cache and cache is None:
+            cache = AttnResCache(self.model.new_cache())
+        if cache is not None:
+            input_ids = input_ids[:, cache.get_seq_length():]
+        return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask,
+                "use_cache": use_cache}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: AttnResCache | None = None, labels: torch.Tensor | None = None,
+                use_cache: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
+        """input_ids [B, T] -> logits [B, T, V]; with labels [B, T], the mean next-token loss
+        (labels shifted inside, -100 ignored, as in transformers)."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("attnres: inputs_embeds is not supported; pass input_ids")
+        check_attention_mask(attention_mask)
+        logits = self.model(input_ids, cache=cache.decoder if cache is not None else None)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                                   ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
