@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from attnres.config import ResidualConfig
+from attnres.config import ConfigError, ResidualConfig
 from attnres.hf.configuration import AttnResLlamaConfig
 from attnres.hf.modeling import AttnResLlamaForCausalLM
 
@@ -49,8 +49,9 @@ _LAYER = re.compile(r"\.(\d+)\.")
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # recomputed, never learned
 
 
-class ConversionError(ValueError):
-    """A checkpoint the conversion cannot map; the message is one line."""
+class ConversionError(ConfigError):
+    """A checkpoint the conversion cannot map; the message is one line (the CLI prints it and
+    exits with status 2, as for any ConfigError)."""
 
 
 def _rename(name: str, table: dict[str, str]) -> str | None:
@@ -163,7 +164,7 @@ def _source_tensors(path: Path):
 def load_source_weights(model: AttnResLlamaForCausalLM, tensors, where: str) -> None:
     """Copy (transformers name, tensor) pairs into the model; every backbone parameter must be
     filled exactly once and every source tensor used."""
-    own = dict(model.model.named_parameters())
+    own = dict(model.model.named_parameters(remove_duplicate=False))  # a tied head included
     filled = set()
     for name, tensor in tensors:
         if _IGNORED.search(name):
@@ -178,7 +179,7 @@ def load_source_weights(model: AttnResLlamaForCausalLM, tensors, where: str) -> 
         filled.add(target)
     backbone = {n for n in own if ".res_" not in n and not n.startswith("final_res")}
     if model.config.tie_word_embeddings:
-        backbone.discard("lm_head.weight")  # the same tensor as the embedding (named_parameters)
+        backbone.discard("lm_head.weight")  # the embedding's tensor; saved folders omit it
     if missing := sorted(backbone - filled):
         raise ConversionError(f"{where}: the checkpoint lacks {len(missing)} tensor(s), e.g. "
                               f"{hf_name(missing[0]) or missing[0]}")
@@ -261,6 +262,27 @@ def to_hf_model(model: AttnResLlamaForCausalLM):
         raise ConversionError(f"export: names do not match (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]})")
     return out.eval()
+
+
+def load_attnres(path: str | Path) -> AttnResLlamaForCausalLM:
+    """An attnres_llama folder, or a dense attnres training checkpoint (or run folder) wrapped
+    as `AttnResLlamaForCausalLM` with the same weights."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        model_type = _read_config_json(path).get("model_type")
+        if model_type != AttnResLlamaConfig.model_type:
+            raise ConversionError(f"{path}: model type {model_type!r}; --to-hf takes an "
+                                  f"{AttnResLlamaConfig.model_type} folder or an attnres checkpoint")
+        return AttnResLlamaForCausalLM.from_pretrained(path).eval()
+    from attnres.models.dense import DenseLM
+    from attnres.train.trainer import load_for_inference
+    dense, tokenizer = load_for_inference(path, torch.device("cpu"))
+    if not isinstance(dense, DenseLM):
+        raise ConversionError(f"{path}: backbone {type(dense).__name__}; only the dense backbone "
+                              f"converts to transformers")
+    model = AttnResLlamaForCausalLM(AttnResLlamaConfig.from_dense_config(dense.cfg))
+    model.model.load_state_dict(dense.state_dict())
+    return model.eval()
 
 
 def to_hf(model: AttnResLlamaForCausalLM, out: str | Path) -> str:
