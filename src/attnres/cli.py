@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable)")
     p.add_argument("--out", help="run folder (default: train.out_dir)")
     p.add_argument("--resume", help="checkpoint or run folder to continue from")
+    p.add_argument("--init-from", metavar="DIR", default=None,
+                   help="start from a pretrained model: a transformers Llama / Qwen3 folder "
+                   "(converted to --residual) or an attnres_llama folder (train.init_from; "
+                   "docs/HF.md#continued-training)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: train.device = auto)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
     p.add_argument("--parallel", default=None, choices=("none", "dp", "fsdp"),
@@ -248,7 +252,8 @@ def _train(args) -> int:
     overrides = []
     for key, value in (("model.preset", args.preset), ("train.steps", args.steps),
                        ("train.seed", args.seed), ("train.data_seed", args.seed),
-                       ("residual.kind", args.residual), ("residual.block_size", args.block_size)):
+                       ("residual.kind", args.residual), ("residual.block_size", args.block_size),
+                       ("train.init_from", args.init_from)):
         if value is not None:
             overrides.append(f"{key}={value}")
     overrides += list(args.set)  # --set wins over the flags above
@@ -338,7 +343,16 @@ def _convert(args) -> int:
     if args.residual != "prenorm" or args.block_size is not None:
         raise ConfigError("--residual and --block-size apply to --from-hf; --to-hf keeps the "
                           "model's own residual")
-    model = convert.load_attnres(args.to_hf)
+    if (Path(args.to_hf) / "config.json").is_file():
+        model = convert.load_attnres(args.to_hf)
+    else:  # an attnres training checkpoint or run folder
+        from attnres.models.dense import DenseLM
+        from attnres.train.trainer import load_for_inference
+        dense, _ = load_for_inference(args.to_hf, torch.device("cpu"))
+        if not isinstance(dense, DenseLM):
+            raise ConfigError(f"{args.to_hf}: backbone {type(dense).__name__}; only the dense "
+                              f"backbone converts to transformers")
+        model = convert.wrap_dense(dense)
     model_type = convert.to_hf(model.to(dtype), out)
     convert.copy_side_files(Path(args.to_hf), out)
     print(f"wrote {out}: {model_type}")

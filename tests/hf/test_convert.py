@@ -90,6 +90,8 @@ def test_save_pretrained_then_auto_from_pretrained_is_exact(source_dir, tmp_path
     back = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(back) is type(model) and back.model.lm_head.weight is back.model.embed_tokens.weight
     assert back.state_dict().keys() == model.state_dict().keys()
+    from attnres import tags  # the optimizer routing's tags survive transformers' loading
+    assert all(tags.get_group(p) for p in back.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     with torch.no_grad():

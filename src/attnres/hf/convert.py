@@ -265,24 +265,39 @@ def to_hf_model(model: AttnResLlamaForCausalLM):
 
 
 def load_attnres(path: str | Path) -> AttnResLlamaForCausalLM:
-    """An attnres_llama folder, or a dense attnres training checkpoint (or run folder) wrapped
-    as `AttnResLlamaForCausalLM` with the same weights."""
+    """An attnres_llama folder (what `attnres convert --from-hf` and `save_pretrained` write)."""
     path = Path(path)
-    if (path / "config.json").is_file():
-        model_type = _read_config_json(path).get("model_type")
-        if model_type != AttnResLlamaConfig.model_type:
-            raise ConversionError(f"{path}: model type {model_type!r}; --to-hf takes an "
-                                  f"{AttnResLlamaConfig.model_type} folder or an attnres checkpoint")
-        return AttnResLlamaForCausalLM.from_pretrained(path).eval()
-    from attnres.models.dense import DenseLM
-    from attnres.train.trainer import load_for_inference
-    dense, tokenizer = load_for_inference(path, torch.device("cpu"))
-    if not isinstance(dense, DenseLM):
-        raise ConversionError(f"{path}: backbone {type(dense).__name__}; only the dense backbone "
-                              f"converts to transformers")
+    model_type = _read_config_json(path).get("model_type")
+    if model_type != AttnResLlamaConfig.model_type:
+        raise ConversionError(f"{path}: model type {model_type!r}, not "
+                              f"{AttnResLlamaConfig.model_type}")
+    return AttnResLlamaForCausalLM.from_pretrained(path).eval()
+
+
+def wrap_dense(dense) -> AttnResLlamaForCausalLM:
+    """A `DenseLM` (e.g. from an attnres training checkpoint) as `AttnResLlamaForCausalLM`, with
+    the same weights."""
     model = AttnResLlamaForCausalLM(AttnResLlamaConfig.from_dense_config(dense.cfg))
     model.model.load_state_dict(dense.state_dict())
     return model.eval()
+
+
+def init_model(path: str | Path, residual: ResidualConfig):
+    """(DenseLM, its ResidualConfig) to start training from the folder at `path`.
+
+    A Llama / Qwen3 folder is converted to `residual`. An attnres_llama folder keeps its own
+    residual: `residual` must be the default (unset) or equal it, since changing the residual of
+    a model whose reads were trained would throw the reads away."""
+    path = Path(path)
+    if _read_config_json(path).get("model_type") != AttnResLlamaConfig.model_type:
+        return from_hf(path, residual=residual).model.train(), residual
+    saved = AttnResLlamaConfig.from_pretrained(path).to_dense_config().residual
+    if residual != ResidualConfig() and residual != saved:
+        from attnres.layers.residual import Residual
+        raise ConversionError(f"{path} is a {Residual(saved).describe()} model; leave "
+                              f"residual unset (or set it to the folder's) to continue it, or "
+                              f"convert its source again with another --residual")
+    return load_attnres(path).model.train(), saved
 
 
 def to_hf(model: AttnResLlamaForCausalLM, out: str | Path) -> str:

@@ -68,6 +68,22 @@ class AttnResLlamaForCausalLM(PreTrainedModel, GenerationMixin):
             module.max_logit.fill_(float("-inf"))
 
     @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        model.restore_tags()
+        return model
+
+    def restore_tags(self) -> None:
+        """transformers loads weights into new Parameter objects, which lack the attributes
+        our optimizer routing reads (`attnres.tags`); copy them from a meta-device twin."""
+        with torch.device("meta"):
+            twin = DenseLM(self.model.cfg)
+        tagged = dict(twin.named_parameters(remove_duplicate=False))
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            p.__dict__.update({k: v for k, v in tagged[name].__dict__.items()
+                               if k.startswith("_attnres_")})
+
+    @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate() gets our cache from prepare_inputs_for_generation
 
