@@ -64,7 +64,10 @@ class _RegisterAfterLoad(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def install() -> None:
     """Register now for the Auto modules already loaded; hook the others. A no-op without
     transformers installed."""
-    if importlib.util.find_spec("transformers") is None:
+    try:
+        if importlib.util.find_spec("transformers") is None:
+            return
+    except (ImportError, ValueError, AttributeError):  # blocked or half-imported: leave it
         return
     if any(isinstance(f, _RegisterAfterLoad) for f in sys.meta_path):
         return
