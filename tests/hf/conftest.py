@@ -64,3 +64,24 @@ def source_dir(tmp_path_factory):
 
 def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
+
+
+def kimi_linear():
+    # KDA, KDA, MLA, KDA; the first FFN dense, then MoE (4 experts, top 2, one shared)
+    model = transformers.KimiLinearForCausalLM(transformers.KimiLinearConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=2, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16,
+        v_head_dim=16, intermediate_size=48, moe_intermediate_size=16, num_experts=4,
+        num_experts_per_token=2, linear_head_dim=16, linear_num_heads=2,
+        max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"]))
+    import torch
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # a selection bias of the size training gives it
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.01 * torch.randn(b.shape, generator=g))
+    return model
+
+
+SOURCES["kimi_linear"] = kimi_linear

@@ -2,9 +2,11 @@
 (docs/HF.md). Needs the `hf` extra (`pip install attnres[hf]`); nothing here imports
 transformers until it is used, so `import attnres` stays fast and works without it.
 
-- `AttnResLlamaConfig` / `AttnResLlamaForCausalLM`: model type `attnres_llama`, registered
-  with `AutoConfig` / `AutoModelForCausalLM` (by `attnres.hf.hook` on `import attnres`).
-- `from_hf(path_or_model, residual=...)`: a Llama / Qwen3 checkpoint as an attnres model.
+- `AttnResLlamaConfig` / `AttnResLlamaForCausalLM` (`attnres_llama`, the dense backbone) and
+  `AttnResKimiLinearConfig` / `AttnResKimiLinearForCausalLM` (`attnres_kimi_linear`),
+  registered with `AutoConfig` / `AutoModelForCausalLM` (by `attnres.hf.hook` on `import attnres`).
+- `from_hf(path_or_model, residual=...)`: a Llama / Qwen3 / Kimi-Linear checkpoint as an
+  attnres model.
 - `to_hf(model, out)`: a prenorm model as a plain transformers folder, an AttnRes one as
   `attnres_llama`.
 """
@@ -12,6 +14,7 @@ transformers until it is used, so `import attnres` stays fast and works without 
 from __future__ import annotations
 
 _LAZY = {"AttnResLlamaConfig": "configuration", "AttnResLlamaForCausalLM": "modeling",
+         "AttnResKimiLinearConfig": "configuration", "AttnResKimiLinearForCausalLM": "modeling",
          "from_hf": "convert", "to_hf": "convert", "ConversionError": "convert"}
 
 __all__ = list(_LAZY)

@@ -1,4 +1,5 @@
-"""`AttnResLlamaConfig`: the transformers config of an attnres dense (Llama-style) model.
+"""The transformers configs of attnres models: `AttnResLlamaConfig` (the dense, Llama-style
+backbone) and `AttnResKimiLinearConfig` (KDA + MLA + MoE).
 
 Shape fields keep transformers' Llama names, so tools that read them (generate, lm-eval,
 vLLM's config parsing) find what they expect; `residual` is our `ResidualConfig` as a dict.
@@ -39,6 +40,9 @@ class AttnResLlamaConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
 
+    def to_model_config(self) -> DenseConfig:
+        return self.to_dense_config()
+
     def to_dense_config(self) -> DenseConfig:
         return DenseConfig(
             vocab_size=self.vocab_size, d_model=self.hidden_size, n_layers=self.num_hidden_layers,
@@ -59,3 +63,41 @@ class AttnResLlamaConfig(PreTrainedConfig):
             num_key_value_heads=c.n_kv_heads, intermediate_size=c.d_ff, rope_theta=c.rope_theta,
             head_dim=c.head_dim, attention_bias=c.attn_bias, qk_norm=c.qk_norm,
             rope_scaling_llama3=c.rope_scaling, **extra)
+
+
+class AttnResKimiLinearConfig(PreTrainedConfig):
+    """The Kimi-Linear backbone (KDA + MLA + MoE): `attnres` holds `KimiLinearConfig`'s shape
+    fields under our names (the backbone has many, and no transformers model shares them all);
+    the fields tools read (`vocab_size`, `hidden_size`, `num_hidden_layers`,
+    `max_position_embeddings`, `tie_word_embeddings`) are kept beside them."""
+
+    model_type = "attnres_kimi_linear"
+
+    attnres: dict | None = None               # KimiLinearConfig fields, residual excluded
+    residual: dict | None = None
+    vocab_size: int = 256
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    max_position_embeddings: int = 128
+    tie_word_embeddings: bool = False
+    source_model_type: str = ""
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def to_model_config(self):
+        from attnres.models.kimi_linear import KimiLinearConfig
+        return KimiLinearConfig(**{**(self.attnres or {}), "vocab_size": self.vocab_size,
+                                   "d_model": self.hidden_size, "n_layers": self.num_hidden_layers,
+                                   "max_seq_len": self.max_position_embeddings,
+                                   "tie_embeddings": self.tie_word_embeddings},
+                                residual=ResidualConfig(**(self.residual or {})))
+
+    @classmethod
+    def from_model_config(cls, c, **extra) -> AttnResKimiLinearConfig:
+        fields = dataclasses.asdict(c)
+        residual = fields.pop("residual")
+        return cls(attnres=fields, residual=residual, vocab_size=c.vocab_size,
+                   hidden_size=c.d_model, num_hidden_layers=c.n_layers,
+                   max_position_embeddings=c.max_seq_len, tie_word_embeddings=c.tie_embeddings,
+                   **extra)

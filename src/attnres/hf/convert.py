@@ -1,14 +1,16 @@
-"""Conversion between transformers Llama / Qwen3 checkpoints and attnres dense models.
+"""Conversion between transformers Llama / Qwen3 / Kimi-Linear checkpoints and attnres models.
 
-In: `from_hf(path_or_model, residual=...)` maps the source's config onto `DenseConfig`, builds
-the attnres model with the chosen residual, and copies every source tensor into it by name
-(`NAMES`, docs/HF.md#name-mapping), one safetensors shard at a time. The AttnRes reads keep
+In: `from_hf(path_or_model, residual=...)` maps the source's config onto `DenseConfig` (or
+`KimiLinearConfig`), builds the attnres model with the chosen residual, and copies every source
+tensor into it by name (`NAMES`, `KIMI_NAMES`, `KIMI_SPLITS`; docs/HF.md#name-mapping), one
+safetensors shard at a time. The AttnRes reads keep
 their zero queries, so a Full or Block model starts with the source's logits
 (docs/DESIGN.md#exact-drop-in-at-step-0). A config feature the backbone lacks is refused with
 one line naming it (`ConversionError`).
 
 Out: `to_hf(model, out)` writes a prenorm model as a plain transformers Llama (or Qwen3, with
-q/k norms) folder that loads without attnres; any other residual is saved as `attnres_llama`.
+q/k norms, or Kimi-Linear) folder that loads without attnres; any other residual is saved as
+the attnres model type.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from pathlib import Path
 import torch
 
 from attnres.config import ConfigError, ResidualConfig
-from attnres.hf.configuration import AttnResLlamaConfig
-from attnres.hf.modeling import AttnResLlamaForCausalLM
+from attnres.hf.configuration import AttnResKimiLinearConfig, AttnResLlamaConfig
+from attnres.hf.modeling import (AttnResKimiLinearForCausalLM, AttnResLlamaForCausalLM,
+                                 AttnResPreTrainedModel)
 
-SOURCES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SOURCES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "kimi_linear": "KimiLinearForCausalLM"}
 # files of a source folder that travel with its weights (tokenizer, generation defaults)
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
               "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model",
@@ -45,6 +49,59 @@ NAMES = {
     "model.layers.{i}.mlp.up_proj.weight": "layers.{i}.mlp.w3.weight",
     "model.layers.{i}.mlp.down_proj.weight": "layers.{i}.mlp.w2.weight",
 }
+# Kimi-Linear as saved on disk (the released checkpoint layout, which transformers also writes):
+# separate q/k/v short convolutions, and routed experts one tensor each, `{e}` the expert index
+_KIMI_COMMON = {
+    "model.embed_tokens.weight": "embed_tokens.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+    "model.layers.{i}.input_layernorm.weight": "layers.{i}.attn_norm.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "layers.{i}.ffn_norm.weight",
+    **{f"model.layers.{{i}}.self_attn.{n}.weight": f"layers.{{i}}.self_attn.{n}.weight"
+       for n in ("q_proj", "k_proj", "v_proj", "b_proj", "g_a_proj", "g_b_proj", "o_norm",
+                 "o_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj")},
+}
+KIMI_FILE_NAMES = {
+    **_KIMI_COMMON,
+    **{f"model.layers.{{i}}.self_attn.{n}.weight": f"layers.{{i}}.self_attn.{n}.weight"
+       for n in ("f_a_proj", "f_b_proj")},
+    **{f"model.layers.{{i}}.self_attn.{p}_conv1d.weight": f"layers.{{i}}.self_attn.{p}_conv.weight"
+       for p in "qkv"},
+    "model.layers.{i}.self_attn.dt_bias": "layers.{i}.self_attn.dt_bias",
+    "model.layers.{i}.self_attn.A_log": "layers.{i}.self_attn.A_log",        # [1,1,H,1] -> [H]
+    "model.layers.{i}.block_sparse_moe.gate_proj.weight": "layers.{i}.mlp.w1.weight",  # dense FFN
+    "model.layers.{i}.block_sparse_moe.up_proj.weight": "layers.{i}.mlp.w3.weight",
+    "model.layers.{i}.block_sparse_moe.down_proj.weight": "layers.{i}.mlp.w2.weight",
+    "model.layers.{i}.block_sparse_moe.gate.weight": "layers.{i}.mlp.gate.weight",
+    # the router's selection bias is our `bias` buffer (aux-loss-free balancing)
+    "model.layers.{i}.block_sparse_moe.gate.e_score_correction_bias": "layers.{i}.mlp.bias",
+    **{f"model.layers.{{i}}.block_sparse_moe.shared_experts.{h}_proj.weight":
+       f"layers.{{i}}.mlp.shared.{w}.weight" for h, w in (("gate", "w1"), ("up", "w3"), ("down", "w2"))},
+    # routed expert e: row e of our stacked [E, ...] tensors
+    **{f"model.layers.{{i}}.block_sparse_moe.experts.{{e}}.{w}.weight": f"layers.{{i}}.mlp.{w}"
+       for w in ("w1", "w2", "w3")},
+}
+# ... and as a loaded KimiLinearForCausalLM holds it (`from_hf(model)`): fused q/k/v convolution
+# and per-expert [gate; up] rows, split into ours along (dim, parts)
+KIMI_MODULE_NAMES = {
+    **_KIMI_COMMON,
+    **{f"model.layers.{{i}}.self_attn.forget_gate.{n}": f"layers.{{i}}.self_attn.{n}"
+       for n in ("f_a_proj.weight", "f_b_proj.weight", "dt_bias", "A_log")},
+    **{f"model.layers.{{i}}.mlp.{h}_proj.weight": f"layers.{{i}}.mlp.{w}.weight"
+       for h, w in (("gate", "w1"), ("up", "w3"), ("down", "w2"))},
+    "model.layers.{i}.mlp.gate.weight": "layers.{i}.mlp.gate.weight",
+    "model.layers.{i}.mlp.gate.e_score_correction_bias": "layers.{i}.mlp.bias",
+    **{f"model.layers.{{i}}.mlp.shared_experts.{h}_proj.weight": f"layers.{{i}}.mlp.shared.{w}.weight"
+       for h, w in (("gate", "w1"), ("up", "w3"), ("down", "w2"))},
+    "model.layers.{i}.mlp.experts.down_proj": "layers.{i}.mlp.w2",
+}
+KIMI_SPLITS = {
+    "model.layers.{i}.self_attn.conv1d.weight": (0, ("layers.{i}.self_attn.q_conv.weight",
+                                                     "layers.{i}.self_attn.k_conv.weight",
+                                                     "layers.{i}.self_attn.v_conv.weight")),
+    "model.layers.{i}.mlp.experts.gate_up_proj": (1, ("layers.{i}.mlp.w1", "layers.{i}.mlp.w3")),
+}
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
 _LAYER = re.compile(r"\.(\d+)\.")
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")  # recomputed, never learned
 
@@ -54,11 +111,19 @@ class ConversionError(ConfigError):
     exits with status 2, as for any ConfigError)."""
 
 
-def _rename(name: str, table: dict[str, str]) -> str | None:
+def _template(name: str) -> tuple[str, str | None]:
     m = _LAYER.search(name)
-    key = name[:m.start()] + ".{i}." + name[m.end():] if m else name
+    return (name[:m.start()] + ".{i}." + name[m.end():], m.group(1)) if m else (name, None)
+
+
+def _fill(template: str, layer: str | None) -> str:
+    return template.replace("{i}", layer) if layer is not None else template
+
+
+def _rename(name: str, table: dict[str, str]) -> str | None:
+    key, layer = _template(name)
     target = table.get(key)
-    return None if target is None else target.replace("{i}", m.group(1)) if m else target
+    return None if target is None else _fill(target, layer)
 
 
 def attnres_name(hf_name: str) -> str | None:
@@ -67,6 +132,25 @@ def attnres_name(hf_name: str) -> str | None:
 
 def hf_name(attnres_name: str) -> str | None:
     return _rename(attnres_name, {v: k for k, v in NAMES.items()})
+
+
+def dense_targets(name: str, tensor: torch.Tensor):
+    """[(attnres name, None, tensor)] of a Llama / Qwen3 tensor, or None if it has no place."""
+    target = attnres_name(name)
+    return None if target is None else [(target, None, tensor)]
+
+
+def kimi_targets(name: str, tensor: torch.Tensor):
+    """[(attnres name, expert row or None, tensor)] of a Kimi-Linear tensor, or None."""
+    expert = None
+    if m := _EXPERT.search(name):
+        expert, name = int(m.group(1)), name[:m.start()] + ".experts.{e}." + name[m.end():]
+    key, layer = _template(name)
+    if key in KIMI_SPLITS:
+        dim, parts = KIMI_SPLITS[key]
+        return [(_fill(p, layer), None, t) for p, t in zip(parts, tensor.chunk(len(parts), dim=dim))]
+    target = KIMI_FILE_NAMES.get(key) or KIMI_MODULE_NAMES.get(key)
+    return None if target is None else [(_fill(target, layer), expert, tensor)]
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -130,6 +214,50 @@ def dense_fields(hf_config) -> dict:
         pad_token_id=getattr(c, "pad_token_id", None), source_model_type=c.model_type)
 
 
+def kimi_config(c, residual: ResidualConfig, max_position_embeddings: int | None = None):
+    """Our `KimiLinearConfig` of a transformers KimiLinearConfig; raises ConversionError naming
+    every feature the kimi-linear backbone does not have."""
+    from attnres.models.kimi_linear import KimiLinearConfig
+    missing = []
+    if c.q_lora_rank is not None:
+        missing.append("q_lora_rank (MLA queries through a low-rank projection)")
+    if c.attention_bias:
+        missing.append("attention_bias")
+    if c.n_group != 1 or c.topk_group != 1:
+        missing.append("grouped expert routing (n_group / topk_group != 1)")
+    if not c.norm_topk_prob:
+        missing.append("unnormalised top-k weights (norm_topk_prob = False)")
+    if c.hidden_act != "silu":
+        missing.append(f"hidden_act {c.hidden_act!r} (have: silu)")
+    if c.num_experts_per_tok < 2:
+        missing.append("top-1 routing (num_experts_per_tok < 2)")
+    kinds = {"full_attention": "M", "linear_attention": "K"}
+    if set(c.layer_types) - set(kinds):
+        missing.append(f"layer types {sorted(set(c.layer_types) - set(kinds))}")
+    first_dense = next((j for j, t in enumerate(c.mlp_layer_types) if t != "dense"),
+                       len(c.mlp_layer_types))
+    if any(t != "sparse" for t in c.mlp_layer_types[first_dense:]):
+        missing.append("dense FFN layers after the first MoE layer")
+    if missing:
+        raise ConversionError(f"kimi_linear: cannot convert, the kimi-linear backbone lacks "
+                              f"{'; '.join(missing)}")
+    return KimiLinearConfig(
+        vocab_size=c.vocab_size, d_model=c.hidden_size, n_layers=c.num_hidden_layers,
+        max_seq_len=max_position_embeddings or c.max_position_embeddings,
+        norm_eps=c.rms_norm_eps, init_std=c.initializer_range,
+        tie_embeddings=bool(c.tie_word_embeddings), residual=residual,
+        layer_pattern="".join(kinds[t] for t in c.layer_types),
+        kda_heads=c.linear_num_heads, kda_head_dim=c.linear_head_dim,
+        conv_size=c.linear_conv_kernel_dim, gate_rank=c.linear_head_dim,
+        mla_heads=c.num_attention_heads, d_nope=c.qk_nope_head_dim, d_rope=c.qk_rope_head_dim,
+        d_v=c.v_head_dim, kv_lora_rank=c.kv_lora_rank,
+        latent_norm_eps=1e-6,  # transformers' kv_a_layernorm keeps its default ε
+        n_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
+        n_shared=c.n_shared_experts, d_expert=c.moe_intermediate_size,
+        dense_width=c.intermediate_size, first_k_dense=first_dense,
+        routed_scale=c.routed_scaling_factor)
+
+
 def _residual(residual: str | ResidualConfig, block_size: int | None) -> ResidualConfig:
     if isinstance(residual, ResidualConfig):
         return residual
@@ -161,26 +289,34 @@ def _source_tensors(path: Path):
 
 
 @torch.no_grad()
-def load_source_weights(model: AttnResLlamaForCausalLM, tensors, where: str) -> None:
-    """Copy (transformers name, tensor) pairs into the model; every backbone parameter must be
-    filled exactly once and every source tensor used."""
-    own = dict(model.model.named_parameters(remove_duplicate=False))  # a tied head included
+def load_source_weights(model: AttnResPreTrainedModel, tensors, where: str,
+                        targets=dense_targets) -> None:
+    """Copy (transformers name, tensor) pairs into the model through `targets`; every backbone
+    tensor (parameters and saved buffers; a stacked expert tensor row by row or whole) must be
+    filled and every source tensor used. Kimi's A_log [1, 1, H, 1] is reshaped to [H]."""
+    own = model.model.state_dict(keep_vars=True)  # a tied head included, and saved buffers
     filled = set()
     for name, tensor in tensors:
         if _IGNORED.search(name):
             continue
-        target = attnres_name(name)
-        if target is None or target not in own:
+        pairs = targets(name, tensor)
+        if pairs is None or any(t not in own for t, _, _ in pairs):
             raise ConversionError(f"{where}: tensor {name!r} has no place in the attnres model")
-        if tuple(tensor.shape) != tuple(own[target].shape):
-            raise ConversionError(f"{where}: {name} has shape {tuple(tensor.shape)}, the attnres "
-                                  f"model expects {tuple(own[target].shape)} for {target}")
-        own[target].copy_(tensor)
-        filled.add(target)
+        for target, row, part in pairs:
+            dest = own[target] if row is None else own[target][row]
+            if tuple(part.shape) != tuple(dest.shape):
+                if part.numel() != dest.numel() or not target.endswith("A_log"):
+                    raise ConversionError(f"{where}: {name} has shape {tuple(part.shape)}, the "
+                                          f"attnres model expects {tuple(dest.shape)} for {target}")
+                part = part.reshape(dest.shape)
+            dest.copy_(part)
+            filled.add(target if row is None else (target, row))
     backbone = {n for n in own if ".res_" not in n and not n.startswith("final_res")}
     if model.config.tie_word_embeddings:
         backbone.discard("lm_head.weight")  # the embedding's tensor; saved folders omit it
-    if missing := sorted(backbone - filled):
+    missing = sorted(n for n in backbone if n not in filled and not (
+        own[n].dim() == 3 and all((n, e) in filled for e in range(own[n].shape[0]))))
+    if missing:
         raise ConversionError(f"{where}: the checkpoint lacks {len(missing)} tensor(s), e.g. "
                               f"{hf_name(missing[0]) or missing[0]}")
 
@@ -201,12 +337,19 @@ def from_hf(path_or_model, residual: str | ResidualConfig = "prenorm",
         hf_config = path_or_model.config
         _check_model_type(hf_config.model_type, type(path_or_model).__name__)
         tensors, where = path_or_model.state_dict().items(), type(path_or_model).__name__
-    fields = dense_fields(hf_config)
-    if max_position_embeddings:
-        fields["max_position_embeddings"] = max_position_embeddings
-    config = AttnResLlamaConfig(**fields, residual=_residual_dict(residual))
-    model = AttnResLlamaForCausalLM(config)
-    load_source_weights(model, tensors, where)
+    if hf_config.model_type == "kimi_linear":
+        config = AttnResKimiLinearConfig.from_model_config(
+            kimi_config(hf_config, residual, max_position_embeddings),
+            source_model_type="kimi_linear", bos_token_id=hf_config.bos_token_id,
+            eos_token_id=hf_config.eos_token_id, pad_token_id=hf_config.pad_token_id)
+        model, targets = AttnResKimiLinearForCausalLM(config), kimi_targets
+    else:
+        fields = dense_fields(hf_config)
+        if max_position_embeddings:
+            fields["max_position_embeddings"] = max_position_embeddings
+        config = AttnResLlamaConfig(**fields, residual=_residual_dict(residual))
+        model, targets = AttnResLlamaForCausalLM(config), dense_targets
+    load_source_weights(model, tensors, where, targets)
     return model.to(dtype).eval()
 
 

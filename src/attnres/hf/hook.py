@@ -1,4 +1,4 @@
-"""Registers `attnres_llama` with transformers' Auto classes without importing transformers.
+"""Registers `attnres_llama` and `attnres_kimi_linear` with transformers' Auto classes without importing transformers.
 
 `import attnres` calls `install()`. Importing transformers' model classes costs seconds, which
 every `attnres` command would pay, so registration waits until transformers' own Auto modules
@@ -20,17 +20,18 @@ MODEL_AUTO = "transformers.models.auto.modeling_auto"
 def register_config() -> None:
     from transformers import AutoConfig
 
-    from attnres.hf.configuration import AttnResLlamaConfig
-    AutoConfig.register(AttnResLlamaConfig.model_type, AttnResLlamaConfig, exist_ok=True)
+    from attnres.hf.configuration import AttnResKimiLinearConfig, AttnResLlamaConfig
+    for config in (AttnResLlamaConfig, AttnResKimiLinearConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
 
 
 def register_model() -> None:
     from transformers import AutoModelForCausalLM
 
-    from attnres.hf.configuration import AttnResLlamaConfig
-    from attnres.hf.modeling import AttnResLlamaForCausalLM
+    from attnres.hf.modeling import AttnResKimiLinearForCausalLM, AttnResLlamaForCausalLM
     register_config()
-    AutoModelForCausalLM.register(AttnResLlamaConfig, AttnResLlamaForCausalLM, exist_ok=True)
+    for model in (AttnResLlamaForCausalLM, AttnResKimiLinearForCausalLM):
+        AutoModelForCausalLM.register(model.config_class, model, exist_ok=True)
 
 
 _ON_LOAD = {CONFIG_AUTO: register_config, MODEL_AUTO: register_model}

@@ -1,6 +1,7 @@
-"""`AttnResLlamaForCausalLM`: an attnres dense model as a transformers `PreTrainedModel`.
+"""attnres models as transformers `PreTrainedModel`s: `AttnResLlamaForCausalLM` (the dense
+backbone) and `AttnResKimiLinearForCausalLM` (KDA + MLA + MoE).
 
-The forward is `attnres.models.dense.DenseLM` itself (held as `self.model`); this class only
+The forward is our model itself (`DenseLM` / `KimiLinearLM`, held as `self.model`); a class only
 adapts the interface: transformers' argument names, `CausalLMOutputWithPast`, safetensors
 `save_pretrained` / `from_pretrained`, and `generate()` through our own decoding cache
 (docs/HF.md#generate-and-the-cache).
@@ -14,10 +15,10 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from attnres.hf.configuration import AttnResLlamaConfig
-from attnres.layers.attention import Attention
+from attnres.hf.configuration import AttnResKimiLinearConfig, AttnResLlamaConfig
 from attnres.models.decoder import DecoderCache
 from attnres.models.dense import DenseLM
+from attnres.models.kimi_linear import KimiLinearLM
 
 
 class AttnResCache:
@@ -47,25 +48,31 @@ def check_attention_mask(mask: torch.Tensor | None) -> None:
                          "one prompt at a time")
 
 
-class AttnResLlamaForCausalLM(PreTrainedModel, GenerationMixin):
-    config_class = AttnResLlamaConfig
+class AttnResPreTrainedModel(PreTrainedModel):
+    """What both backbones share; a subclass names its config class and `backbone`, and lists
+    GenerationMixin among its own bases (transformers looks for it there)."""
+
+    backbone: type = DenseLM
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["DecoderLayer"]
     _tied_weights_keys = {"model.lm_head.weight": "model.embed_tokens.weight"}
     _supports_sdpa = True
 
-    def __init__(self, config: AttnResLlamaConfig):
+    def __init__(self, config):
         super().__init__(config)
-        self.model = DenseLM(config.to_dense_config())
+        self.model = self.backbone(config.to_model_config())
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """DenseLM initialises its own weights at construction; only what transformers may leave
-        uninitialised after a meta-device load is set here: QK-Clip's running max (a buffer)."""
-        if isinstance(module, Attention):
+        """Our models initialise their own weights at construction; only what transformers may
+        leave uninitialised after a meta-device load is set here: the non-persistent buffers
+        (QK-Clip's running max, the MoE's assignment counts)."""
+        if isinstance(getattr(module, "max_logit", None), torch.Tensor):
             module.max_logit.fill_(float("-inf"))
+        if isinstance(getattr(module, "counts", None), torch.Tensor):
+            module.counts.zero_()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -77,7 +84,7 @@ class AttnResLlamaForCausalLM(PreTrainedModel, GenerationMixin):
         """transformers loads weights into new Parameter objects, which lack the attributes
         our optimizer routing reads (`attnres.tags`); copy them from a meta-device twin."""
         with torch.device("meta"):
-            twin = DenseLM(self.model.cfg)
+            twin = self.backbone(self.model.cfg)
         tagged = dict(twin.named_parameters(remove_duplicate=False))
         for name, p in self.model.named_parameters(remove_duplicate=False):
             p.__dict__.update({k: v for k, v in tagged[name].__dict__.items()
@@ -124,3 +131,13 @@ class AttnResLlamaForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
                                    ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+
+class AttnResLlamaForCausalLM(AttnResPreTrainedModel, GenerationMixin):
+    config_class = AttnResLlamaConfig
+    backbone = DenseLM
+
+
+class AttnResKimiLinearForCausalLM(AttnResPreTrainedModel, GenerationMixin):
+    config_class = AttnResKimiLinearConfig
+    backbone = KimiLinearLM
