@@ -102,17 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_device_args(p)
 
-    p = sub.add_parser("convert", help="transformers Llama / Qwen3 folders to attnres and back",
-                       description="--from-hf DIR: a Llama / Qwen3 transformers folder as an "
-                       "attnres model with the chosen residual (Full and Block start with the "
-                       "source's logits), saved as an attnres_llama folder. --to-hf DIR: an "
-                       "attnres folder or training checkpoint as transformers: prenorm as plain "
-                       "Llama / Qwen3, AttnRes as attnres_llama (docs/HF.md).")
+    p = sub.add_parser("convert", help="transformers Llama / Qwen3 / Kimi-Linear folders to "
+                       "attnres and back",
+                       description="--from-hf DIR: a Llama / Qwen3 / Kimi-Linear transformers "
+                       "folder as an attnres model with the chosen residual (Full and Block start "
+                       "with the source's logits), saved as an attnres_llama / "
+                       "attnres_kimi_linear folder. --to-hf DIR: an attnres folder or training "
+                       "checkpoint as transformers: prenorm as plain Llama / Qwen3 / Kimi-Linear, "
+                       "AttnRes as the attnres model type (docs/HF.md).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="transformers model folder (config.json + "
                      "safetensors, sharded or not)")
-    src.add_argument("--to-hf", metavar="DIR", help="attnres_llama folder, or an attnres "
-                     "checkpoint / run folder of the dense backbone")
+    src.add_argument("--to-hf", metavar="DIR", help="attnres_llama / attnres_kimi_linear "
+                     "folder, or an attnres checkpoint / run folder")
     p.add_argument("--residual", default="prenorm", choices=("prenorm", "full", "block"),
                    help="--from-hf: the residual of the converted model (default prenorm)")
     p.add_argument("--block-size", type=int, default=None,
@@ -337,22 +339,17 @@ def _convert(args) -> int:
         model = convert.from_hf(args.from_hf, residual=args.residual, block_size=args.block_size)
         model.to(dtype).save_pretrained(out)
         copied = convert.copy_side_files(Path(args.from_hf), out)
-        print(f"wrote {out}: attnres_llama, residual {model.model.residual.describe()}"
+        print(f"wrote {out}: {model.config.model_type}, residual {model.model.residual.describe()}"
               + (f", with {', '.join(copied)}" if copied else ""))
         return 0
     if args.residual != "prenorm" or args.block_size is not None:
         raise ConfigError("--residual and --block-size apply to --from-hf; --to-hf keeps the "
                           "model's own residual")
-    if (Path(args.to_hf) / "config.json").is_file():
+    if convert.is_transformers_folder(args.to_hf):
         model = convert.load_attnres(args.to_hf)
     else:  # an attnres training checkpoint or run folder
-        from attnres.models.dense import DenseLM
         from attnres.train.trainer import load_for_inference
-        dense, _ = load_for_inference(args.to_hf, torch.device("cpu"))
-        if not isinstance(dense, DenseLM):
-            raise ConfigError(f"{args.to_hf}: backbone {type(dense).__name__}; only the dense "
-                              f"backbone converts to transformers")
-        model = convert.wrap_dense(dense)
+        model = convert.wrap(load_for_inference(args.to_hf, torch.device("cpu"))[0])
     model_type = convert.to_hf(model.to(dtype), out)
     convert.copy_side_files(Path(args.to_hf), out)
     print(f"wrote {out}: {model_type}")

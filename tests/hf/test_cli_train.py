@@ -125,3 +125,25 @@ def test_init_from_refuses_another_residual_for_an_attnres_folder(capsys, tmp_pa
         args += ["--set", o]
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and "is a full model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_init_from_a_kimi_linear_folder(capsys, tmp_path, run_overrides):
+    """A plain KimiLinearForCausalLM folder, converted to Block on the spot; the byte tokenizer
+    (257 ids) fits its 260-id vocabulary."""
+    from .conftest import kimi_linear
+    src = kimi_linear()
+    src.config.vocab_size = 260
+    src = _perturb(transformers.KimiLinearForCausalLM(src.config), seed=3)
+    src.save_pretrained(tmp_path / "kimi")
+    args = ["train", "--init-from", tmp_path / "kimi", "--residual", "block", "--block-size", "2",
+            "--steps", "5", "--out", tmp_path / "run"]
+    for o in run_overrides + ["train.eval_every=5"]:
+        args += ["--set", o]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step-5" / "meta.json").read_text())
+    assert meta["model"]["backbone"] == "kimi-linear" and meta["model"]["layer_pattern"] == "KKMK"
+    assert meta["model"]["residual"]["kind"] == "block"
+    # the run exports back as an AttnRes Kimi-Linear model
+    code, stdout, err = run_cli(capsys, "convert", "--to-hf", tmp_path / "run", "--out", tmp_path / "hf")
+    assert code == 0 and stdout.strip().endswith("attnres_kimi_linear"), err

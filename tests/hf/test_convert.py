@@ -82,18 +82,22 @@ def test_negative_control_a_wrong_mapping_is_caught(source_dir, monkeypatch):
         assert rel(model(IDX).logits, src(IDX).logits) > 1e-2
 
 
-def test_save_pretrained_then_auto_from_pretrained_is_exact(source_dir, tmp_path):
+@pytest.mark.parametrize("source,model_type", [("qwen3", "attnres_llama"),
+                                               ("kimi_linear", "attnres_kimi_linear")])
+def test_save_pretrained_then_auto_from_pretrained_is_exact(source_dir, tmp_path, source, model_type):
     from transformers import AutoConfig, AutoModelForCausalLM
-    path, _ = source_dir("qwen3")
+    path, _ = source_dir(source)
     model = attnres.from_hf(path, residual="block", block_size=2)
     with torch.no_grad():  # trained-looking reads, so the round trip carries them too
         for r in model.model.reads():
             r.query.normal_(0, 0.5)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
-    assert AutoConfig.from_pretrained(tmp_path).model_type == "attnres_llama"
+    assert AutoConfig.from_pretrained(tmp_path).model_type == model_type
     back = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert type(back) is type(model) and back.model.lm_head.weight is back.model.embed_tokens.weight
+    assert type(back) is type(model)
+    tied = back.model.lm_head.weight is back.model.embed_tokens.weight
+    assert tied == model.config.tie_word_embeddings
     assert back.state_dict().keys() == model.state_dict().keys()
     from attnres import tags  # the optimizer routing's tags survive transformers' loading
     assert all(tags.get_group(p) for p in back.parameters())
@@ -103,7 +107,8 @@ def test_save_pretrained_then_auto_from_pretrained_is_exact(source_dir, tmp_path
         assert torch.equal(back(IDX).logits, model(IDX).logits)
 
 
-@pytest.mark.parametrize("source,cls", [("llama", "LlamaForCausalLM"), ("qwen3", "Qwen3ForCausalLM")])
+@pytest.mark.parametrize("source,cls", [("llama", "LlamaForCausalLM"), ("qwen3", "Qwen3ForCausalLM"),
+                                        ("kimi_linear", "KimiLinearForCausalLM")])
 def test_prenorm_exports_to_plain_transformers(source_dir, tmp_path, source, cls):
     from transformers import AutoModelForCausalLM
     path, src = source_dir(source)

@@ -165,6 +165,16 @@ def _read_config_json(path: Path) -> dict:
         raise ConversionError(f"{file}: not JSON ({err})") from None
 
 
+def is_transformers_folder(path: str | Path) -> bool:
+    """A folder with a transformers config.json (an attnres run folder has a config.json too,
+    without a model_type)."""
+    file = Path(path) / "config.json"
+    try:
+        return file.is_file() and "model_type" in json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def _check_model_type(model_type: str | None, where: str) -> None:
     if model_type not in SOURCES:
         raise ConversionError(
@@ -370,13 +380,15 @@ def copy_side_files(src: Path, out: Path) -> list[str]:
 
 # --- out ------------------------------------------------------------------------------------
 
-def to_hf_model(model: AttnResLlamaForCausalLM):
+def to_hf_model(model: AttnResPreTrainedModel):
     """A prenorm attnres model as the transformers model it came from (Qwen3 when it has q/k
-    norms, else Llama), with the same weights."""
+    norms, else Llama; Kimi-Linear for the kimi-linear backbone), with the same weights."""
     c = model.config
     if (c.residual or {}).get("kind", "prenorm") != "prenorm":
         raise ConversionError(f"residual {c.residual['kind']!r}: only a prenorm model is a plain "
-                              f"transformers model; save an AttnRes model as attnres_llama")
+                              f"transformers model; save an AttnRes model as {c.model_type}")
+    if isinstance(model, AttnResKimiLinearForCausalLM):
+        return _to_kimi_linear(model)
     from transformers import AutoConfig, AutoModelForCausalLM
     model_type = "qwen3" if c.qk_norm else "llama"
     if model_type == "qwen3" and c.rope_scaling_llama3:
@@ -407,34 +419,44 @@ def to_hf_model(model: AttnResLlamaForCausalLM):
     return out.eval()
 
 
-def load_attnres(path: str | Path) -> AttnResLlamaForCausalLM:
-    """An attnres_llama folder (what `attnres convert --from-hf` and `save_pretrained` write)."""
+ATTNRES_TYPES = {AttnResLlamaConfig.model_type: AttnResLlamaForCausalLM,
+                 AttnResKimiLinearConfig.model_type: AttnResKimiLinearForCausalLM}
+
+
+def load_attnres(path: str | Path) -> AttnResPreTrainedModel:
+    """An attnres_llama / attnres_kimi_linear folder (what `attnres convert --from-hf` and
+    `save_pretrained` write)."""
     path = Path(path)
     model_type = _read_config_json(path).get("model_type")
-    if model_type != AttnResLlamaConfig.model_type:
-        raise ConversionError(f"{path}: model type {model_type!r}, not "
-                              f"{AttnResLlamaConfig.model_type}")
-    return AttnResLlamaForCausalLM.from_pretrained(path).eval()
+    if model_type not in ATTNRES_TYPES:
+        raise ConversionError(f"{path}: model type {model_type!r}, not one of "
+                              f"{', '.join(ATTNRES_TYPES)}")
+    return ATTNRES_TYPES[model_type].from_pretrained(path).eval()
 
 
-def wrap_dense(dense) -> AttnResLlamaForCausalLM:
-    """A `DenseLM` (e.g. from an attnres training checkpoint) as `AttnResLlamaForCausalLM`, with
-    the same weights."""
-    model = AttnResLlamaForCausalLM(AttnResLlamaConfig.from_dense_config(dense.cfg))
-    model.model.load_state_dict(dense.state_dict())
+def wrap(backbone) -> AttnResPreTrainedModel:
+    """A `DenseLM` / `KimiLinearLM` (e.g. from an attnres training checkpoint) as its
+    transformers class, with the same weights."""
+    from attnres.models.kimi_linear import KimiLinearLM
+    if isinstance(backbone, KimiLinearLM):
+        model = AttnResKimiLinearForCausalLM(AttnResKimiLinearConfig.from_model_config(backbone.cfg))
+    else:
+        model = AttnResLlamaForCausalLM(AttnResLlamaConfig.from_dense_config(backbone.cfg))
+    model.model.load_state_dict(backbone.state_dict())
     return model.eval()
 
 
 def init_model(path: str | Path, residual: ResidualConfig):
-    """(DenseLM, its ResidualConfig) to start training from the folder at `path`.
+    """(DenseLM or KimiLinearLM, its ResidualConfig) to start training from the folder at `path`.
 
-    A Llama / Qwen3 folder is converted to `residual`. An attnres_llama folder keeps its own
+    A Llama / Qwen3 / Kimi-Linear folder is converted to `residual`. An attnres folder keeps its own
     residual: `residual` must be the default (unset) or equal it, since changing the residual of
     a model whose reads were trained would throw the reads away."""
     path = Path(path)
-    if _read_config_json(path).get("model_type") != AttnResLlamaConfig.model_type:
+    model_type = _read_config_json(path).get("model_type")
+    if model_type not in ATTNRES_TYPES:
         return from_hf(path, residual=residual).model.train(), residual
-    saved = AttnResLlamaConfig.from_pretrained(path).to_dense_config().residual
+    saved = ATTNRES_TYPES[model_type].config_class.from_pretrained(path).to_model_config().residual
     if residual != ResidualConfig() and residual != saved:
         from attnres.layers.residual import Residual
         raise ConversionError(f"{path} is a {Residual(saved).describe()} model; leave "
@@ -443,9 +465,52 @@ def init_model(path: str | Path, residual: ResidualConfig):
     return load_attnres(path).model.train(), saved
 
 
-def to_hf(model: AttnResLlamaForCausalLM, out: str | Path) -> str:
+@torch.no_grad()
+def _to_kimi_linear(model: AttnResKimiLinearForCausalLM):
+    """KimiLinearForCausalLM with the weights of a prenorm kimi-linear model: each of its
+    tensors is gathered from ours through the same table the conversion in uses."""
+    from transformers import KimiLinearConfig, KimiLinearForCausalLM
+    c = model.model.cfg
+    missing = [what for what, bad in (
+        ("gate_rank != kda_head_dim", c.gate_rank != c.kda_head_dim),
+        ("RoPE in MLA (mla_rope)", c.mla_rope),
+        (f"latent_norm_eps {c.latent_norm_eps} (transformers: 1e-6)", c.latent_norm_eps != 1e-6),
+        ("an aux balance loss", c.aux_loss_coef > 0)) if bad]
+    if missing:
+        raise ConversionError(f"KimiLinearForCausalLM has no {'; '.join(missing)}")
+    kinds = c.layer_kinds()
+    hf_config = KimiLinearConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers,
+        max_position_embeddings=c.max_seq_len, rms_norm_eps=c.norm_eps,
+        initializer_range=c.init_std, tie_word_embeddings=c.tie_embeddings,
+        layer_types=["full_attention" if k == "M" else "linear_attention" for k in kinds],
+        mlp_layer_types=["dense" if j < c.first_k_dense else "sparse" for j in range(c.n_layers)],
+        linear_num_heads=c.kda_heads, linear_head_dim=c.kda_head_dim,
+        linear_conv_kernel_dim=c.conv_size, num_attention_heads=c.mla_heads,
+        num_key_value_heads=c.mla_heads, qk_nope_head_dim=c.d_nope, qk_rope_head_dim=c.d_rope,
+        v_head_dim=c.d_v, kv_lora_rank=c.kv_lora_rank, num_experts=c.n_experts,
+        num_experts_per_token=c.top_k, num_shared_experts=c.n_shared,
+        moe_intermediate_size=c.d_expert, intermediate_size=c.dense_width,
+        routed_scaling_factor=c.routed_scale, bos_token_id=model.config.bos_token_id,
+        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
+    out = KimiLinearForCausalLM(hf_config).to(model.dtype)
+    ours = model.model.state_dict()
+    for name, dest in out.state_dict(keep_vars=True).items():
+        pairs = kimi_targets(name, dest)
+        if pairs is None:
+            if c.tie_embeddings and name == "lm_head.weight":
+                continue
+            raise ConversionError(f"export: KimiLinearForCausalLM's {name} has no attnres tensor")
+        parts = [ours[t] if row is None else ours[t][row] for t, row, _ in pairs]
+        key, _ = _template(name)
+        value = torch.cat(parts, dim=KIMI_SPLITS[key][0]) if len(parts) > 1 else parts[0]
+        dest.copy_(value.reshape(dest.shape))
+    return out.eval()
+
+
+def to_hf(model: AttnResPreTrainedModel, out: str | Path) -> str:
     """Save `model` under `out`: prenorm as plain transformers (returns its model type), any
-    other residual as `attnres_llama`."""
+    other residual as the attnres model type."""
     kind = (model.config.residual or {}).get("kind", "prenorm")
     target = to_hf_model(model) if kind == "prenorm" else model
     target.save_pretrained(out)

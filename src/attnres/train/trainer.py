@@ -435,23 +435,23 @@ def _pretrained_tokenizer(cfg: Config) -> Config:
 
 
 def _init_model(cfg: Config, tokenizer):
-    """(model, cfg with the model's residual, model config) from train.init_from."""
+    """(model, cfg with the model's residual and backbone, model config) from train.init_from."""
     try:
         from attnres.hf.convert import init_model
     except ImportError as err:
         raise ConfigError(f"train.init_from needs transformers ({err.name} missing): pip "
                           f"install 'attnres[hf]'") from None
-    if cfg.model.backbone != "dense":
-        raise ConfigError(f"train.init_from loads dense (Llama / Qwen3) models, not "
-                          f"model.backbone = {cfg.model.backbone}")
+    from attnres.models.kimi_linear import KimiLinearLM
     model, residual = init_model(cfg.train.init_from, cfg.residual)
+    backbone = "kimi-linear" if isinstance(model, KimiLinearLM) else "dense"  # what meta records
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ConfigError(f"the tokenizer ({cfg.data.tokenizer}) has {tokenizer.vocab_size} ids, "
                           f"the model at {cfg.train.init_from} {model.cfg.vocab_size}")
     if not cfg.train.seq_len and model.cfg.max_seq_len > 4096:
         raise ConfigError(f"the model at {cfg.train.init_from} takes {model.cfg.max_seq_len} "
                           f"tokens; set train.seq_len to the training window")
-    return model, dataclasses.replace(cfg, residual=residual), model.cfg
+    return model, dataclasses.replace(cfg, residual=residual, model=dataclasses.replace(
+        cfg.model, backbone=backbone)), model.cfg
 
 
 def config_from_checkpoint(path: str | Path) -> tuple[Config, Path, dict[str, Any]]:
