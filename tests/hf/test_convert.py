@@ -145,13 +145,42 @@ def test_a_missing_backbone_feature_is_named(tmp_path):
         attnres.from_hf(transformers.LlamaForCausalLM(cfg))
 
 
-def test_padding_right_is_honoured_left_is_one_line(source_dir):
+def test_right_padding_changes_nothing(source_dir):
     path, _ = source_dir("llama")
     model = attnres.from_hf(path, residual="block", block_size=2)
     right = torch.ones_like(IDX)
     right[0, -5:] = 0
     with torch.no_grad():
         assert torch.equal(model(IDX, attention_mask=right).logits, model(IDX).logits)
-        with pytest.raises(ValueError, match="left padding") as err:
-            model(IDX, attention_mask=right.flip(1))
+
+
+@pytest.mark.parametrize("source", ["llama", "qwen3"])
+def test_left_padded_batch_generates_each_prompts_own_tokens(source_dir, source):
+    """Prompts of 4 and 7 tokens, left-padded into one batch: each row's greedy continuation and
+    the real tokens' logits equal the prompt's alone, and transformers' source model agrees."""
+    path, src = source_dir(source)
+    model = attnres.from_hf(path, residual="block", block_size=2)
+    short, long = IDX[0, :4], IDX[1, :7]
+    batch = torch.stack([torch.cat([torch.zeros(3, dtype=torch.long), short]), long])
+    mask = torch.ones_like(batch)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        logits = model(batch, attention_mask=mask).logits
+        alone = model(short[None]).logits
+    assert rel(logits[0, 3:], alone[0]) <= 1e-5
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    for row, prompt in ((0, short), (1, long)):
+        own = model.generate(prompt[None], max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(out[row, -6:], own[0, -6:]), row
+    theirs = src.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, theirs)
+
+
+def test_left_padding_on_kimi_linear_is_one_line(source_dir):
+    path, _ = source_dir("kimi_linear")
+    model = attnres.from_hf(path, residual="full")
+    mask = torch.ones_like(IDX)
+    mask[0, :3] = 0
+    with pytest.raises(ValueError, match="left padding is not supported by the KimiLinearLM") as err:
+        model(IDX, attention_mask=mask)
     assert "\n" not in str(err.value)

@@ -30,22 +30,20 @@ class AttnResCache:
 
     def __init__(self, decoder: DecoderCache):
         self.decoder = decoder
+        self.padded = False  # True once a left-padded mask was handed to its layers
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.decoder.length
 
 
-def check_attention_mask(mask: torch.Tensor | None) -> None:
-    """Padding the causal backbone honours as it is: none, or on the right (a padded position
-    comes after every real one, so it cannot change them). Left padding would need per-row
-    positions and key masks, which the backbone does not take yet."""
+def needs_padding_mask(mask: torch.Tensor | None) -> bool:
+    """Whether `mask` [B, S] hides tokens that real ones come after (left padding). None, all
+    ones and padding only on the right need nothing: under causal attention a position after
+    every real one cannot change them."""
     if mask is None or bool(mask.all()):
-        return
+        return False
     mask = mask.bool()
-    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
-        raise ValueError("attnres: attention_mask has left padding (a real token after a pad), "
-                         "which the backbone does not support yet; pad on the right or generate "
-                         "one prompt at a time")
+    return bool((mask[:, 1:] & ~mask[:, :-1]).any())
 
 
 class AttnResPreTrainedModel(PreTrainedModel):
@@ -106,6 +104,24 @@ class AttnResPreTrainedModel(PreTrainedModel):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.model.lm_head = value
 
+    def _with_padding(self, mask: torch.Tensor | None, cache: AttnResCache | None, T: int):
+        """Hand a left-padded mask to every attention layer (through its KV cache, a fresh one
+        for a forward without a cache): positions then count real tokens only, and no real
+        token attends to padding. The KDA and MLA mixers take no mask: a one-line error."""
+        if not isinstance(self.model, DenseLM):
+            raise ValueError(f"attnres: attention_mask with left padding is not supported by the "
+                             f"{type(self.model).__name__} backbone; pad on the right or "
+                             f"generate one prompt at a time")
+        cache = cache if cache is not None else AttnResCache(self.model.new_cache())
+        seen = cache.get_seq_length()
+        if mask is None or mask.shape[1] != seen + T:
+            raise ValueError(f"attnres: attention_mask covers {None if mask is None else mask.shape[1]} "
+                             f"tokens; a padded batch needs one entry per token seen ({seen + T})")
+        for layer_cache in cache.decoder.layers:
+            layer_cache.valid = mask.bool()
+        cache.padded = True
+        return cache
+
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache: AttnResCache | None = None,
                                       attention_mask: torch.Tensor | None = None,
                                       use_cache: bool = True, **kwargs) -> dict:
@@ -124,7 +140,8 @@ class AttnResPreTrainedModel(PreTrainedModel):
         (labels shifted inside, -100 ignored, as in transformers)."""
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("attnres: inputs_embeds is not supported; pass input_ids")
-        check_attention_mask(attention_mask)
+        if needs_padding_mask(attention_mask) or (cache is not None and cache.padded):
+            cache = self._with_padding(attention_mask, cache, input_ids.shape[1])
         logits = self.model(input_ids, cache=cache.decoder if cache is not None else None)
         loss = None
         if labels is not None:

@@ -20,13 +20,13 @@ from attnres.layers.norm import RMSNorm
 
 def rotary_tables(head_dim: int, positions: torch.Tensor, theta: float,
                   scaling: dict | None = None):
-    """cos/sin tables [T, head_dim/2] for the given absolute positions; `scaling`: None or
+    """cos/sin tables [..., T, head_dim/2] for the absolute positions [..., T]; `scaling`: None or
     Llama 3's {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device,
                                             dtype=torch.float32) / head_dim)
     if scaling is not None:
         inv_freq = llama3_scaled_frequencies(inv_freq, **scaling)
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
@@ -93,6 +93,9 @@ class KVCache:
 
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    # left-padded batches (docs/HF.md#generate-and-the-cache): [B, T_seen + T] bool, False at
+    # padding, set by the caller before each forward; positions then count only real tokens
+    valid: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -155,15 +158,27 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rotary_tables(self.head_dim, torch.arange(start, start + T, device=x.device),
-                                 self.rope_theta, self.rope_scaling)
+        valid = cache.valid if cache is not None else None
+        if valid is not None:  # per-row positions of the real tokens: [B, 1, T, h/2] tables
+            positions = (valid.long().cumsum(-1) - 1).clamp_min(0)[:, start:start + T]
+            cos, sin = (t[:, None] for t in rotary_tables(self.head_dim, positions,
+                                                          self.rope_theta, self.rope_scaling))
+        else:
+            cos, sin = rotary_tables(self.head_dim, torch.arange(start, start + T, device=x.device),
+                                     self.rope_theta, self.rope_scaling)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
         if self.training and self.track_max_logit:
             batch_max = visible_max_logit(q, k, self.head_dim ** -0.5, start)
             torch.maximum(self.max_logit, batch_max.to(self.max_logit.dtype), out=self.max_logit)
-        if start == 0:
+        if valid is not None:  # causal, real keys only; a padding query sees itself (no NaN)
+            t_all = k.shape[2]
+            q_pos = torch.arange(start, start + T, device=x.device)[:, None]
+            k_pos = torch.arange(t_all, device=x.device)[None, :]
+            mask = ((q_pos >= k_pos) & valid[:, None, :t_all]) | (q_pos == k_pos)
+            mask, causal = mask[:, None], False                             # [B, 1, T, S]
+        elif start == 0:
             mask, causal = None, True
         else:  # new queries see the whole cache plus the causal part of their own chunk
             t_all = k.shape[2]
