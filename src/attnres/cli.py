@@ -347,11 +347,15 @@ def _convert(args) -> int:
                           "model's own residual")
     if convert.is_transformers_folder(args.to_hf):
         model = convert.load_attnres(args.to_hf)
+        tokenizer = None
     else:  # an attnres training checkpoint or run folder
         from attnres.train.trainer import load_for_inference
-        model = convert.wrap(load_for_inference(args.to_hf, torch.device("cpu"))[0])
+        backbone, tokenizer = load_for_inference(args.to_hf, torch.device("cpu"))
+        model = convert.wrap(backbone)
     model_type = convert.to_hf(model.to(dtype), out)
     convert.copy_side_files(Path(args.to_hf), out)
+    if tokenizer is not None and "json" in tokenizer.to_dict():  # BPE / tokenizer.json runs
+        (out / "tokenizer.json").write_text(tokenizer.to_dict()["json"])
     print(f"wrote {out}: {model_type}")
     return 0
 

@@ -109,10 +109,14 @@ def test_train_init_from_a_converted_folder_with_its_tokenizer(capsys, tmp_path,
     assert meta["config"]["residual"]["kind"] == "block" and meta["config"]["residual"]["block_size"] == 2
     assert meta["config"]["data"]["tokenizer"] == str(out) and meta["tokenizer"]["kind"] == "file"
     assert meta["model"]["vocab_size"] == 320 and meta["model"]["qk_norm"]
-    # the run's weights moved away from the pretrained ones, from the same start
     code, stdout, _ = run_cli(capsys, "generate", "--ckpt", tmp_path / "run", "--prompt", "the king",
                               "--max-new-tokens", "5", "--device", "cpu")
     assert code == 0 and stdout.startswith("the king")
+    # and the run exports with its tokenizer
+    code, stdout, _ = run_cli(capsys, "convert", "--to-hf", tmp_path / "run", "--out", tmp_path / "hf")
+    assert code == 0 and stdout.strip().endswith("attnres_llama")
+    exported, source = (json.loads((d / "tokenizer.json").read_text()) for d in (tmp_path / "hf", src_dir))
+    assert exported["model"] == source["model"]  # the same vocabulary and merges
 
 
 def test_init_from_refuses_another_residual_for_an_attnres_folder(capsys, tmp_path, pretrained,

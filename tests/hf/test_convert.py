@@ -82,6 +82,18 @@ def test_negative_control_a_wrong_mapping_is_caught(source_dir, monkeypatch):
         assert rel(model(IDX).logits, src(IDX).logits) > 1e-2
 
 
+def test_negative_control_swapped_expert_halves_are_caught(source_dir, monkeypatch):
+    """Kimi-Linear's routed experts w1 (gate) and w3 (up) swapped: same shapes, wrong model."""
+    path, src = source_dir("kimi_linear")
+    names = dict(convert.KIMI_FILE_NAMES)
+    w1, w3 = (f"model.layers.{{i}}.block_sparse_moe.experts.{{e}}.{w}.weight" for w in ("w1", "w3"))
+    names[w1], names[w3] = names[w3], names[w1]
+    monkeypatch.setattr(convert, "KIMI_FILE_NAMES", names)
+    model = attnres.from_hf(path, residual="full")
+    with torch.no_grad():
+        assert rel(model(IDX).logits, src(IDX).logits) > 1e-3
+
+
 @pytest.mark.parametrize("source,model_type", [("qwen3", "attnres_llama"),
                                                ("kimi_linear", "attnres_kimi_linear")])
 def test_save_pretrained_then_auto_from_pretrained_is_exact(source_dir, tmp_path, source, model_type):

@@ -32,3 +32,10 @@ def test_import_attnres_does_not_import_transformers_until_asked():
                "print(AutoConfig.for_model('attnres_llama').__class__.__name__)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "AttnResLlamaConfig"]
+
+
+def test_import_attnres_after_transformers_registers_at_once():
+    proc = run("from transformers import AutoConfig, AutoModelForCausalLM; import attnres; "
+               "print(AutoConfig.for_model('attnres_kimi_linear').__class__.__name__)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["AttnResKimiLinearConfig"]
