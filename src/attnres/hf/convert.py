@@ -244,9 +244,9 @@ def kimi_config(c, residual: ResidualConfig, max_position_embeddings: int | None
     kinds = {"full_attention": "M", "linear_attention": "K"}
     if set(c.layer_types) - set(kinds):
         missing.append(f"layer types {sorted(set(c.layer_types) - set(kinds))}")
-    first_dense = next((j for j, t in enumerate(c.mlp_layer_types) if t != "dense"),
-                       len(c.mlp_layer_types))
-    if any(t != "sparse" for t in c.mlp_layer_types[first_dense:]):
+    n_dense = next((j for j, t in enumerate(c.mlp_layer_types) if t != "dense"),
+                   len(c.mlp_layer_types))
+    if any(t != "sparse" for t in c.mlp_layer_types[n_dense:]):
         missing.append("dense FFN layers after the first MoE layer")
     if missing:
         raise ConversionError(f"kimi_linear: cannot convert, the kimi-linear backbone lacks "
@@ -264,7 +264,7 @@ def kimi_config(c, residual: ResidualConfig, max_position_embeddings: int | None
         latent_norm_eps=1e-6,  # transformers' kv_a_layernorm keeps its default ε
         n_experts=c.num_local_experts, top_k=c.num_experts_per_tok,
         n_shared=c.n_shared_experts, d_expert=c.moe_intermediate_size,
-        dense_width=c.intermediate_size, first_k_dense=first_dense,
+        dense_width=c.intermediate_size, first_k_dense=n_dense,
         routed_scale=c.routed_scaling_factor)
 
 
@@ -333,9 +333,10 @@ def load_source_weights(model: AttnResPreTrainedModel, tensors, where: str,
 
 def from_hf(path_or_model, residual: str | ResidualConfig = "prenorm",
             block_size: int | None = None, dtype: torch.dtype = torch.float32,
-            max_position_embeddings: int | None = None) -> AttnResLlamaForCausalLM:
-    """A transformers Llama / Qwen3 model (a local folder, or a loaded `PreTrainedModel`) as an
-    `AttnResLlamaForCausalLM` with `residual` (prenorm | full | block, or a ResidualConfig)."""
+            max_position_embeddings: int | None = None) -> AttnResPreTrainedModel:
+    """A transformers Llama / Qwen3 / Kimi-Linear model (a local folder, or a loaded
+    `PreTrainedModel`) as an `AttnResLlamaForCausalLM` / `AttnResKimiLinearForCausalLM` with
+    `residual` (prenorm | full | block, or a ResidualConfig), in eval mode."""
     residual = _residual(residual, block_size)
     if isinstance(path_or_model, (str, Path)):
         path = Path(path_or_model)
