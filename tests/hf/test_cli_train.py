@@ -63,6 +63,10 @@ BAD = {
     "unknown-model-type": (lambda d: (d / "config.json").write_text('{"model_type": "gpt2"}'),
                            "model type 'gpt2' cannot be converted; supported: llama, qwen3"),
     "no-config": (lambda d: None, "no config.json"),
+    "corrupt-weights": (lambda d: (transformers.LlamaConfig(
+        vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=2).save_pretrained(d), (d / "model.safetensors").write_bytes(b"\x00" * 64)),
+        "model.safetensors: unreadable"),
     "no-weights": (lambda d: transformers.LlamaConfig(
         vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
         num_attention_heads=2).save_pretrained(d), "no model.safetensors"),

@@ -175,6 +175,10 @@ def is_transformers_folder(path: str | Path) -> bool:
         return False
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _check_model_type(model_type: str | None, where: str) -> None:
     if model_type not in SOURCES:
         raise ConversionError(
@@ -292,8 +296,13 @@ def _source_tensors(path: Path):
     else:
         raise ConversionError(f"{path}: no model.safetensors or model.safetensors.index.json "
                               f"(only safetensors weights are read)")
+    from safetensors import SafetensorError
     for shard in shards:
-        with safe_open(str(path / shard), framework="pt") as f:
+        try:
+            f = safe_open(str(path / shard), framework="pt")
+        except (SafetensorError, OSError) as err:
+            raise ConversionError(f"{path / shard}: unreadable ({_first_line(err)})") from None
+        with f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
 
@@ -342,7 +351,10 @@ def from_hf(path_or_model, residual: str | ResidualConfig = "prenorm",
         path = Path(path_or_model)
         _check_model_type(_read_config_json(path).get("model_type"), str(path))
         from transformers import AutoConfig
-        hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        try:
+            hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except (ValueError, TypeError, OSError) as err:
+            raise ConversionError(f"{path}/config.json: {_first_line(err)}") from None
         tensors, where = _source_tensors(path), str(path)
     else:
         hf_config = path_or_model.config
