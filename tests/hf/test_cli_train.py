@@ -155,3 +155,15 @@ def test_train_init_from_a_kimi_linear_folder(capsys, tmp_path, run_overrides):
     # the run exports back as an AttnRes Kimi-Linear model
     code, stdout, err = run_cli(capsys, "convert", "--to-hf", tmp_path / "run", "--out", tmp_path / "hf")
     assert code == 0 and stdout.strip().endswith("attnres_kimi_linear"), err
+
+
+def test_a_tokenizer_without_an_end_of_text_token_is_one_line(capsys, tmp_path, run_overrides):
+    tok = BPETokenizer.train(["some text to learn from"] * 5, vocab_size=260)
+    tok._tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    args = ["train", "--steps", "1", "--out", tmp_path / "run"]
+    for o in run_overrides + [f"data.tokenizer={tmp_path}"]:
+        args += ["--set", o]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "no end-of-text token in the vocabulary (looked for </s>)" in err
+    assert len(err.strip().splitlines()) == 1

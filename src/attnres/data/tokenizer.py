@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .formats import cut_point
+from .formats import DataError, cut_point
 
 DEFAULT_BPE_VOCAB = 4096
 _SEGMENT_CHARS = 4096
@@ -186,9 +186,12 @@ class FileTokenizer(BPETokenizer):
         from tokenizers import Tokenizer as HFTokenizer
         file = tokenizer_file(path)
         if file is None:
-            raise ValueError(f"data.tokenizer = {path!r}: no tokenizer.json there (byte, bpe, a "
-                             f"tokenizer.json file or a model folder holding one)")
-        tok = HFTokenizer.from_file(str(file))
+            raise DataError(f"data.tokenizer = {path!r}: no tokenizer.json there (byte, bpe, a "
+                            f"tokenizer.json file or a model folder holding one)")
+        try:
+            tok = HFTokenizer.from_file(str(file))
+        except Exception as err:  # tokenizers raises its own exception type, one per message
+            raise DataError(f"{file}: not a tokenizers JSON file ({str(err).splitlines()[0]})") from None
         names = list(END_TOKENS)
         config = file.with_name("tokenizer_config.json")
         if config.is_file():
@@ -198,8 +201,8 @@ class FileTokenizer(BPETokenizer):
         for name in names:
             if (eod := tok.token_to_id(name)) is not None:
                 return cls(tok, eod, str(path))
-        raise ValueError(f"data.tokenizer = {path!r}: no end-of-text token in the vocabulary "
-                         f"(looked for {', '.join(names)})")
+        raise DataError(f"data.tokenizer = {path!r}: no end-of-text token in the vocabulary "
+                        f"(looked for {', '.join(names)})")
 
     @classmethod
     def build(cls, texts=(), vocab_size: int | None = None) -> FileTokenizer:
