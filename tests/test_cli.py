@@ -55,7 +55,7 @@ def test_pipeline_flags_reach_the_config_and_need_torchrun(capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "attnres.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for command in ("compare", "train", "generate", "bench"):
+    for command in ("compare", "train", "generate", "convert", "bench"):
         assert command in out.stdout
 
 

@@ -1,4 +1,4 @@
-"""Command-line interface: `attnres compare | train | generate | bench | scaling | ablate | sweep | report`.
+"""Command-line interface: `attnres compare | train | generate | convert | bench | scaling | ablate | sweep | report`.
 
 Every command takes --device (default: CUDA when present) and --dtype. Errors the user can fix
 (bad config key or value, bad data, bad or locked checkpoint or run folder, a path that cannot be
@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable)")
     p.add_argument("--out", help="run folder (default: train.out_dir)")
     p.add_argument("--resume", help="checkpoint or run folder to continue from")
+    p.add_argument("--init-from", metavar="DIR", default=None,
+                   help="start from a pretrained model: a transformers Llama / Qwen3 folder "
+                   "(converted to --residual) or an attnres_llama folder (train.init_from; "
+                   "docs/HF.md#continued-training)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: train.device = auto)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
     p.add_argument("--parallel", default=None, choices=("none", "dp", "fsdp"),
@@ -97,6 +101,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     _add_device_args(p)
+
+    p = sub.add_parser("convert", help="transformers Llama / Qwen3 / Kimi-Linear folders to "
+                       "attnres and back",
+                       description="--from-hf DIR: a Llama / Qwen3 / Kimi-Linear transformers "
+                       "folder as an attnres model with the chosen residual (Full and Block start "
+                       "with the source's logits), saved as an attnres_llama / "
+                       "attnres_kimi_linear folder. --to-hf DIR: an attnres folder or training "
+                       "checkpoint as transformers: prenorm as plain Llama / Qwen3 / Kimi-Linear, "
+                       "AttnRes as the attnres model type (docs/HF.md).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR", help="transformers model folder (config.json + "
+                     "safetensors, sharded or not)")
+    src.add_argument("--to-hf", metavar="DIR", help="attnres_llama / attnres_kimi_linear "
+                     "folder, or an attnres checkpoint / run folder")
+    p.add_argument("--residual", default="prenorm", choices=("prenorm", "full", "block"),
+                   help="--from-hf: the residual of the converted model (default prenorm)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="residual.block_size of --residual block: S, in sublayers (default 4)")
+    p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="dtype of the written weights (default float32)")
 
     p = sub.add_parser("bench", help="benchmarks: the depth-attention op and the training step")
     p.add_argument("--what", default="op,step", help="comma-separated: op, step, kda, moe, decode, data")
@@ -184,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from attnres.train.trainer import TrainingDiverged, TrainingInterrupted
     try:
         return {"compare": _compare, "train": _train, "generate": _generate,
-                "bench": _bench, "scaling": _scaling, "ablate": _ablate, "sweep": _ablate,
+                "convert": _convert, "bench": _bench, "scaling": _scaling, "ablate": _ablate, "sweep": _ablate,
                 "report": _report}[args.command](args)
     except (ConfigError, DataError, CheckpointError, RunLocked) as err:
         print(f"attnres {args.command}: error: {err}", file=sys.stderr)
@@ -229,7 +254,8 @@ def _train(args) -> int:
     overrides = []
     for key, value in (("model.preset", args.preset), ("train.steps", args.steps),
                        ("train.seed", args.seed), ("train.data_seed", args.seed),
-                       ("residual.kind", args.residual), ("residual.block_size", args.block_size)):
+                       ("residual.kind", args.residual), ("residual.block_size", args.block_size),
+                       ("train.init_from", args.init_from)):
         if value is not None:
             overrides.append(f"{key}={value}")
     overrides += list(args.set)  # --set wins over the flags above
@@ -293,6 +319,44 @@ def _generate(args) -> int:
         out = model.generate(idx, min(args.max_new_tokens, room), temperature=args.temperature,
                              top_k=args.top_k, generator=gen)
     print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def _convert(args) -> int:
+    from attnres.config import ConfigError
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out}: exists and is not an empty folder")
+    try:
+        import torch
+
+        from attnres.hf import convert
+    except ImportError as err:
+        raise ConfigError(f"convert needs transformers ({err.name} missing): pip install "
+                          f"'attnres[hf]'") from None
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.from_hf:
+        model = convert.from_hf(args.from_hf, residual=args.residual, block_size=args.block_size)
+        model.to(dtype).save_pretrained(out)
+        copied = convert.copy_side_files(Path(args.from_hf), out)
+        print(f"wrote {out}: {model.config.model_type}, residual {model.model.residual.describe()}"
+              + (f", with {', '.join(copied)}" if copied else ""))
+        return 0
+    if args.residual != "prenorm" or args.block_size is not None:
+        raise ConfigError("--residual and --block-size apply to --from-hf; --to-hf keeps the "
+                          "model's own residual")
+    if convert.is_transformers_folder(args.to_hf):
+        model = convert.load_attnres(args.to_hf)
+        tokenizer = None
+    else:  # an attnres training checkpoint or run folder
+        from attnres.train.trainer import load_for_inference
+        backbone, tokenizer = load_for_inference(args.to_hf, torch.device("cpu"))
+        model = convert.wrap(backbone)
+    model_type = convert.to_hf(model.to(dtype), out)
+    convert.copy_side_files(Path(args.to_hf), out)
+    if tokenizer is not None and "json" in tokenizer.to_dict():  # BPE / tokenizer.json runs
+        (out / "tokenizer.json").write_text(tokenizer.to_dict()["json"])
+    print(f"wrote {out}: {model_type}")
     return 0
 
 

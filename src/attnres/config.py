@@ -132,7 +132,7 @@ class DataConfig:
     # shakespeare (bundled) | a text, .jsonl(.gz), .parquet or .arrow file | a folder of them
     # (a `datasets` save_to_disk folder included); formats, split and cache: docs/DATA.md
     source: str = "shakespeare"
-    tokenizer: str = "byte"          # byte | bpe
+    tokenizer: str = "byte"          # byte | bpe | a tokenizer.json, or a model folder holding one
     vocab_size: int = 0              # BPE only; 0 = 4096
     val_fraction: float = 0.05       # share of documents (by id hash) held out for validation
     cache_dir: str = "cache/tokens"
@@ -145,6 +145,9 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 8
     seq_len: int = 0                 # 0 = the preset's context length
+    # a transformers Llama / Qwen3 folder (converted to residual.kind) or an attnres_llama one
+    # (residual unset = the folder's): the model's shape and weights (docs/HF.md#continued-training)
+    init_from: str = ""
     seed: int = 0                    # model initialisation
     data_seed: int = 0               # order of training windows
     eval_every: int = 50
@@ -221,7 +224,6 @@ _CHOICES = {
     ("parallel", "backend"): ("auto", "gloo", "nccl"),
     ("sched", "kind"): ("wsd", "cosine", "constant"),
     ("sched", "shape"): ("cosine", "linear", "sqrt"),
-    ("data", "tokenizer"): ("byte", "bpe"),
     ("train", "dtype"): ("float32", "bfloat16"),
 }
 
@@ -266,6 +268,13 @@ def check(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(choices)}")
+    tok = cfg.data.tokenizer
+    if tok not in ("byte", "bpe") and not (Path(tok).is_file() and tok.endswith(".json")) \
+            and not (Path(tok) / "tokenizer.json").is_file():
+        raise ConfigError(f"data.tokenizer = {tok!r} is not byte, bpe, a tokenizer.json file or a "
+                          f"model folder holding one")
+    if cfg.train.init_from and not Path(cfg.train.init_from).is_dir():
+        raise ConfigError(f"train.init_from = {cfg.train.init_from!r}: no such folder")
     for f in dataclasses.fields(cfg):
         for key, value in dataclasses.asdict(getattr(cfg, f.name)).items():
             values = value if isinstance(value, (tuple, list)) else (value,)

@@ -20,7 +20,7 @@ import torch
 from . import cache
 from .corpus import open_source
 from .formats import DataError
-from .tokenizer import DEFAULT_BPE_VOCAB, KINDS, Tokenizer
+from .tokenizer import DEFAULT_BPE_VOCAB, KINDS, Tokenizer, is_known, tokenizer_file
 
 
 @dataclass
@@ -55,8 +55,9 @@ def prepare_data(
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if tokenizer_kind not in KINDS:
-        raise ValueError(f"unknown tokenizer kind {tokenizer_kind!r}; expected one of {KINDS}")
+    if not is_known(tokenizer_kind):
+        raise ValueError(f"unknown tokenizer kind {tokenizer_kind!r}; expected one of {KINDS} "
+                         f"or a tokenizer.json path")
     src = open_source(source, text_column)
     if tokenizer_kind == "bpe" and vocab_size is None:
         vocab_size = DEFAULT_BPE_VOCAB
@@ -92,6 +93,8 @@ def _cache_key(src, kind: str, vocab_size: int | None, val_fraction: float, text
         # Merges learned by another release of the library, or from another sample, could differ.
         spec["tokenizers"] = tokenizers.__version__
         spec["bpe_sample_bytes"] = cache.BPE_SAMPLE_BYTES
+    elif kind not in KINDS:  # a tokenizer.json: its contents, so an edited file rebuilds
+        spec["tokenizer_sha256"] = hashlib.sha256(tokenizer_file(kind).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 

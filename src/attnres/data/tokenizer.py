@@ -1,4 +1,6 @@
-"""Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained locally on the corpus.
+"""Tokenizers: raw UTF-8 bytes, a byte-level BPE trained locally on the corpus, or a pretrained
+model's own `tokenizer.json` (a file, or the transformers model folder holding it; read from disk,
+never downloaded), so a converted checkpoint trains with its vocabulary (docs/HF.md#continued-training).
 
 Both map every string to ids and back exactly, so bits per byte is comparable across them, and
 both have one more id, `eod_id`, which the token cache puts after every document and which no
@@ -14,12 +16,14 @@ uses for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from .formats import cut_point
+from .formats import DataError, cut_point
 
 DEFAULT_BPE_VOCAB = 4096
 _SEGMENT_CHARS = 4096
@@ -160,24 +164,97 @@ class BPETokenizer:
         return cls(HFTokenizer.from_str(d["json"]))
 
 
+# end-of-text tokens of common pretrained vocabularies, tried when tokenizer_config.json names none
+END_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
+
+
+class FileTokenizer(BPETokenizer):
+    """A pretrained tokenizer from its `tokenizer.json`; the end-of-document id is the model's
+    end-of-text token (`eos_token` of tokenizer_config.json, else one of END_TOKENS)."""
+
+    needs_training = False
+
+    def __init__(self, hf_tokenizer, eod_id: int, source: str):
+        super().__init__(hf_tokenizer)
+        self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eod_id = eod_id
+        self.source = source
+        self.name = f"file:{Path(source).name}"
+
+    @classmethod
+    def load(cls, path: str) -> FileTokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        file = tokenizer_file(path)
+        if file is None:
+            raise DataError(f"data.tokenizer = {path!r}: no tokenizer.json there (byte, bpe, a "
+                            f"tokenizer.json file or a model folder holding one)")
+        try:
+            tok = HFTokenizer.from_file(str(file))
+        except Exception as err:  # tokenizers raises its own exception type, one per message
+            raise DataError(f"{file}: not a tokenizers JSON file ({str(err).splitlines()[0]})") from None
+        names = list(END_TOKENS)
+        config = file.with_name("tokenizer_config.json")
+        if config.is_file():
+            eos = json.loads(config.read_text()).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            names = [eos] if eos else names
+        for name in names:
+            if (eod := tok.token_to_id(name)) is not None:
+                return cls(tok, eod, str(path))
+        raise DataError(f"data.tokenizer = {path!r}: no end-of-text token in the vocabulary "
+                        f"(looked for {', '.join(names)})")
+
+    @classmethod
+    def build(cls, texts=(), vocab_size: int | None = None) -> FileTokenizer:
+        raise TypeError("FileTokenizer.build: use FileTokenizer.load(path)")
+
+    def to_dict(self) -> dict:
+        return {"kind": "file", "json": self._tok.to_str(), "eod_id": self.eod_id,
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FileTokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        return cls(HFTokenizer.from_str(d["json"]), d["eod_id"], d["source"])
+
+
+def tokenizer_file(path: str) -> Path | None:
+    """The tokenizer.json that `path` names (the file, or one inside the folder), if any."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    return p if p.is_file() and p.suffix == ".json" else None
+
+
 _KINDS = {"byte": ByteTokenizer, "bpe": BPETokenizer}
 KINDS = tuple(_KINDS)
 
 
+def is_known(kind: str) -> bool:
+    """A `data.tokenizer` value: a kind name, or a path to a tokenizer.json (file or folder)."""
+    return kind in _KINDS or tokenizer_file(kind) is not None
+
+
 def _kind(kind: str | None):
     if kind not in _KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS}")
+        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {KINDS} or a "
+                         f"tokenizer.json path")
     return _KINDS[kind]
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
+    if d.get("kind") == "file":
+        return FileTokenizer.from_dict(d)
     return _kind(d.get("kind")).from_dict(d)
 
 
 def needs_training(kind: str) -> bool:
-    return _kind(kind).needs_training
+    return kind in _KINDS and _kind(kind).needs_training
 
 
 def build_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int | None = None) -> Tokenizer:
-    """A tokenizer of `kind`; one that needs training (BPE) learns it from `texts`."""
+    """A tokenizer of `kind`; one that needs training (BPE) learns it from `texts`; a path
+    loads that tokenizer.json."""
+    if kind not in _KINDS and tokenizer_file(kind) is not None:
+        return FileTokenizer.load(kind)
     return _kind(kind).build(texts, vocab_size)

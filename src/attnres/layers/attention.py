@@ -1,7 +1,13 @@
-"""Causal grouped-query self-attention with rotary positions and an optional KV cache."""
+"""Causal grouped-query self-attention with rotary positions and an optional KV cache.
+
+The options pretrained Llama / Qwen3 checkpoints need (docs/HF.md#backbone-options): a head
+width set apart from d_model / n_heads, biases on the projections, per-head RMSNorm of queries
+and keys before the rotation (Qwen3), and Llama 3's frequency-dependent RoPE scaling.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,14 +15,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnres import tags
+from attnres.layers.norm import RMSNorm
 
 
-def rotary_tables(head_dim: int, positions: torch.Tensor, theta: float):
-    """cos/sin tables [T, head_dim/2] for the given absolute positions."""
+def rotary_tables(head_dim: int, positions: torch.Tensor, theta: float,
+                  scaling: dict | None = None):
+    """cos/sin tables [..., T, head_dim/2] for the absolute positions [..., T]; `scaling`: None or
+    Llama 3's {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device,
                                             dtype=torch.float32) / head_dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    if scaling is not None:
+        inv_freq = llama3_scaled_frequencies(inv_freq, **scaling)
+    angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
+
+
+def llama3_scaled_frequencies(inv_freq: torch.Tensor, factor: float, low_freq_factor: float,
+                              high_freq_factor: float,
+                              original_max_position_embeddings: int) -> torch.Tensor:
+    """Llama 3's RoPE scaling: wavelengths longer than context / low_freq_factor are stretched
+    by `factor`, shorter than context / high_freq_factor kept, and the band between blended."""
+    context = original_max_position_embeddings
+    wavelength = 2 * math.pi / inv_freq
+    stretched = torch.where(wavelength > context / low_freq_factor, inv_freq / factor, inv_freq)
+    blend = (context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - blend) * stretched / factor + blend * stretched
+    in_band = (wavelength >= context / high_freq_factor) & (wavelength <= context / low_freq_factor)
+    return torch.where(in_band, blended, stretched)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -68,6 +93,9 @@ class KVCache:
 
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    # left-padded batches (docs/HF.md#generate-and-the-cache): [B, T_seen + T] bool, False at
+    # padding, set by the caller before each forward; positions then count only real tokens
+    valid: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -85,22 +113,33 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_theta: float = 10000.0):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, rope_theta: float = 10000.0,
+                 head_dim: int = 0, bias: bool = False, qk_norm_eps: float | None = None,
+                 rope_scaling: dict | None = None):
+        """head_dim 0 = d_model / n_heads; qk_norm_eps: RMSNorm each query and key head with
+        this ε before the rotation (None = no q/k norm)."""
         super().__init__()
-        if d_model % n_heads or n_heads % n_kv_heads:
-            raise ValueError(f"attention: d_model {d_model} must divide into n_heads {n_heads}, "
-                             f"and n_heads into n_kv_heads {n_kv_heads}")
+        if n_heads % n_kv_heads or (not head_dim and d_model % n_heads):
+            raise ValueError(f"attention: d_model {d_model} must divide into n_heads {n_heads} "
+                             f"(or head_dim be set), and n_heads into n_kv_heads {n_kv_heads}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
-        self.head_dim = d_model // n_heads
+        self.head_dim = head_dim or d_model // n_heads
         if self.head_dim % 2:
             raise ValueError(f"attention: head_dim {self.head_dim} must be even for rotary")
         self.rope_theta = rope_theta
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.rope_scaling = rope_scaling
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             tags.set_group(lin.weight, tags.MUON)
+            if bias:  # start at zero (the model's re-initialisation leaves them), no decay
+                nn.init.zeros_(lin.bias)
+                tags.keep_init(tags.set_group(lin.bias, tags.ADAMW_NO_DECAY))
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(self.head_dim, qk_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, qk_norm_eps)
         # QK-Clip statistics (docs/OPTIM.md#qk-clip): with track_max_logit, training forwards fold the
         # per-head max of the visible scaled logits into max_logit [H] (running max, init −inf).
         self.track_max_logit = False
@@ -113,18 +152,33 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         start = cache.length if cache is not None else 0
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rotary_tables(self.head_dim, torch.arange(start, start + T, device=x.device),
-                                 self.rope_theta)
+        valid = cache.valid if cache is not None else None
+        if valid is not None:  # per-row positions of the real tokens: [B, 1, T, h/2] tables
+            positions = (valid.long().cumsum(-1) - 1).clamp_min(0)[:, start:start + T]
+            cos, sin = (t[:, None] for t in rotary_tables(self.head_dim, positions,
+                                                          self.rope_theta, self.rope_scaling))
+        else:
+            cos, sin = rotary_tables(self.head_dim, torch.arange(start, start + T, device=x.device),
+                                     self.rope_theta, self.rope_scaling)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
         if self.training and self.track_max_logit:
             batch_max = visible_max_logit(q, k, self.head_dim ** -0.5, start)
             torch.maximum(self.max_logit, batch_max.to(self.max_logit.dtype), out=self.max_logit)
-        if start == 0:
+        if valid is not None:  # causal, real keys only; a padding query sees itself (no NaN)
+            t_all = k.shape[2]
+            q_pos = torch.arange(start, start + T, device=x.device)[:, None]
+            k_pos = torch.arange(t_all, device=x.device)[None, :]
+            mask = ((q_pos >= k_pos) & valid[:, None, :t_all]) | (q_pos == k_pos)
+            mask, causal = mask[:, None], False                             # [B, 1, T, S]
+        elif start == 0:
             mask, causal = None, True
         else:  # new queries see the whole cache plus the causal part of their own chunk
             t_all = k.shape[2]

@@ -33,6 +33,7 @@ class DecoderConfig:
     max_seq_len: int = 128
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    tie_embeddings: bool = False     # the head reuses the embedding matrix (small pretrained models)
     # how each sublayer's input is formed: the config tree's `residual` section, unchanged
     residual: ResidualConfig = field(default_factory=ResidualConfig)
 
@@ -122,6 +123,8 @@ class DecoderLM(nn.Module, abc.ABC):
         self.final_res = self.residual.make_read(cfg.d_model, cfg.n_sublayers)
         self.norm = RMSNorm(cfg.d_model, self.residual.norm_eps(cfg.n_sublayers, cfg.norm_eps))
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
         tags.set_group(self.embed_tokens.weight, tags.ADAMW)
         tags.set_group(self.lm_head.weight, tags.ADAMW)
         self.reset_parameters()

@@ -19,10 +19,15 @@ class DenseConfig(DecoderConfig):
     n_kv_heads: int = 2
     d_ff: int = 176
     rope_theta: float = 10000.0
+    # options of pretrained checkpoints (docs/HF.md#backbone-options); the defaults are ours
+    head_dim: int = 0                # 0 = d_model / n_heads
+    attn_bias: bool = False          # biases on q, k, v and o (Llama's attention_bias)
+    qk_norm: bool = False            # per-head RMSNorm of queries and keys (Qwen3)
+    rope_scaling: dict | None = None  # Llama 3's RoPE scaling (layers/attention.py)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.d_model % self.n_heads:
+        if not self.head_dim and self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
@@ -51,7 +56,9 @@ class DenseLM(DecoderLM):
 
     def build_mixer(self, j: int) -> Attention:
         c = self.cfg
-        return Attention(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta)
+        return Attention(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, head_dim=c.head_dim,
+                         bias=c.attn_bias, qk_norm_eps=c.norm_eps if c.qk_norm else None,
+                         rope_scaling=c.rope_scaling)
 
     def build_ffn(self, j: int) -> SwiGLU:
         return SwiGLU(self.cfg.d_model, self.cfg.d_ff)

@@ -73,8 +73,7 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Ten
     tensors: dict[str, torch.Tensor] = {}
     plain = encode_state(state, tensors)
     files = {
-        "model.safetensors": save({k: v.detach().contiguous().cpu()
-                                   for k, v in weights.items()}),
+        "model.safetensors": save(_unshared(weights)),
         "state.safetensors": save(tensors),
         "state.json": json.dumps(plain).encode(),
     }
@@ -126,6 +125,19 @@ def load_meta(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt}/meta.json: format version {version!r}, "
                               f"this attnres reads {FORMAT_VERSION}")
     return meta
+
+
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies of the weights; a tensor that shares storage with an earlier one (a head tied
+    to the embedding) is cloned, since safetensors refuses shared tensors."""
+    out, seen = {}, set()
+    for k, v in weights.items():
+        v = v.detach().contiguous().cpu()
+        if v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        seen.add(v.untyped_storage().data_ptr())
+        out[k] = v
+    return out
 
 
 def load_weights(ckpt: Path, model: torch.nn.Module) -> None:

@@ -23,6 +23,7 @@ communicates and the run is the single-process one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import resource
@@ -84,6 +85,8 @@ class RunResult:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, data: TokenData | None = None,
                  resume: str | Path | None = None):
+        if cfg.train.init_from:
+            cfg = _pretrained_tokenizer(cfg)
         self.cfg = cfg
         if run_dir is None and resume is not None:  # continue in the checkpoint's run folder
             where = ckpt.resolve_checkpoint(resume)
@@ -95,11 +98,16 @@ class Trainer:
                                          cfg.data.cache_dir, workers=cfg.data.workers,
                                          text_column=cfg.data.text_column,
                                          progress=cfg.train.progress and launch_rank() == 0)
-        self.model_cfg = model_config(cfg, self.data.tokenizer.vocab_size)
+        if cfg.train.init_from:  # shape and weights from the folder (docs/HF.md#continued-training)
+            self.model, self.cfg, self.model_cfg = _init_model(cfg, self.data.tokenizer)
+            cfg = self.cfg
+        else:
+            self.model_cfg = model_config(cfg, self.data.tokenizer.vocab_size)
         self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
         check_length(self.data.train, self.seq_len, "training split")
         check_length(self.data.val, self.seq_len, "validation split")
-        self.model = build_model(cfg, self.data.tokenizer.vocab_size, self.model_cfg)
+        if not cfg.train.init_from:
+            self.model = build_model(cfg, self.data.tokenizer.vocab_size, self.model_cfg)
         # DDP / FSDP2 / pipeline stages, on this rank's device
         self.par = parallelize(self.model, cfg, device)
         self.device = self.par.device
@@ -417,6 +425,34 @@ class _NoMetrics:
 
     def log(self, *args, **kwargs) -> None:
         pass
+
+
+def _pretrained_tokenizer(cfg: Config) -> Config:
+    """With train.init_from, the folder's own tokenizer.json unless data.tokenizer names
+    another tokenizer than the default byte one."""
+    if cfg.data.tokenizer == "byte" and (Path(cfg.train.init_from) / "tokenizer.json").is_file():
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=cfg.train.init_from))
+    return cfg
+
+
+def _init_model(cfg: Config, tokenizer):
+    """(model, cfg with the model's residual and backbone, model config) from train.init_from."""
+    try:
+        from attnres.hf.convert import init_model
+    except ImportError as err:
+        raise ConfigError(f"train.init_from needs transformers ({err.name} missing): pip "
+                          f"install 'attnres[hf]'") from None
+    from attnres.models.kimi_linear import KimiLinearLM
+    model, residual = init_model(cfg.train.init_from, cfg.residual)
+    backbone = "kimi-linear" if isinstance(model, KimiLinearLM) else "dense"  # what meta records
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ConfigError(f"the tokenizer ({cfg.data.tokenizer}) has {tokenizer.vocab_size} ids, "
+                          f"the model at {cfg.train.init_from} {model.cfg.vocab_size}")
+    if not cfg.train.seq_len and model.cfg.max_seq_len > 4096:
+        raise ConfigError(f"the model at {cfg.train.init_from} takes {model.cfg.max_seq_len} "
+                          f"tokens; set train.seq_len to the training window")
+    return model, dataclasses.replace(cfg, residual=residual, model=dataclasses.replace(
+        cfg.model, backbone=backbone)), model.cfg
 
 
 def config_from_checkpoint(path: str | Path) -> tuple[Config, Path, dict[str, Any]]:
