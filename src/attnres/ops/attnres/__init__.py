@@ -4,12 +4,15 @@ sources against a pseudo-query.
 Three implementations with one signature: `naive` (stacked, plain autograd,
 the test reference), `recompute` (never stacks; saves the sources by reference and one lse per
 token, recomputes in backward; the default) and `two_phase` (docs/THEORY.md#two-phase-computation; same backward).
+`inference.py` holds the read the streams use under `no_grad` (docs/THEORY.md#inference): no
+autograd Function, no checks, keys computed once per source.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .inference import inference_depth_attention, scaled_query, source_key, stacked_read
 from .naive import naive_depth_attention
 from .recompute import DepthAttentionFunction, depth_weights, recompute_depth_attention
 from .two_phase import merged_depth_attention, phase1, two_phase_depth_attention
@@ -66,9 +69,13 @@ __all__ = [
     "DepthAttentionFunction",
     "depth_attention",
     "depth_weights",
+    "inference_depth_attention",
     "merged_depth_attention",
     "naive_depth_attention",
     "phase1",
     "recompute_depth_attention",
+    "scaled_query",
+    "source_key",
+    "stacked_read",
     "two_phase_depth_attention",
 ]
