@@ -4,7 +4,8 @@ input checks, one pass over the stacked sources.
 Under `no_grad` nothing is saved for a backward, so the memory argument that keeps the training
 reads from stacking (docs/THEORY.md#the-recomputing-backward) does not apply, and a decoding step
 has a handful of [B, 1, d] sources whose cost is the number of kernel launches, not bytes. A
-read here is two stacks, one logit matmul, one softmax and one weighted-sum matmul, whatever n.
+read here is two stacks, a product and sum for the logits, a softmax, and a product and sum
+for the weighted sum, whatever n.
 
 The keys are split from the read so that a stream can compute each source's normalised key once,
 when the source is formed, instead of once per read that sees it (`source_key`); the key-norm
@@ -64,10 +65,11 @@ def stacked_read(q: Tensor, keys: list[Tensor], values: list[Tensor]) -> Tensor:
     """
     if len(values) == 1:
         return values[0]
-    # Element-wise products and sums rather than matmuls: at one token a batched matmul
-    # dispatches three times as many kernels (reshapes, expands) as the arithmetic it does.
-    p = torch.softmax((torch.stack(keys, -2) * q).sum(-1), -1)   # [..., n]; exact 1/n if equal
-    return (p.unsqueeze(-1) * torch.stack(values, -2)).sum(-2)
+    # Element-wise products and sums, not matmuls or a fused attention call: at one token a
+    # batched matmul dispatches three times the kernels of the arithmetic it does, and the
+    # fused call measured no faster in a decoding model (docs/BENCHMARKS.md#decode-residual).
+    p = torch.softmax((torch.stack(keys, -2) * q).sum(-1, keepdim=True), -2)  # [..., n, 1]
+    return (p * torch.stack(values, -2)).sum(-2)  # softmax exp(z - m) / l: 1/n for equal z
 
 
 @torch.no_grad()
