@@ -67,7 +67,7 @@ def stacked_read(q: Tensor, keys: list[Tensor], values: list[Tensor]) -> Tensor:
         return values[0]
     # Element-wise products and sums, not matmuls or a fused attention call: at one token a
     # batched matmul dispatches three times the kernels of the arithmetic it does, and the
-    # fused call measured no faster in a decoding model (docs/BENCHMARKS.md#decode-residual).
+    # fused call measured no faster in a decoding model (docs/BENCHMARKS.md#decode-residual-arms).
     p = torch.softmax((torch.stack(keys, -2) * q).sum(-1, keepdim=True), -2)  # [..., n, 1]
     return (p * torch.stack(values, -2)).sum(-2)  # softmax exp(z - m) / l: 1/n for equal z
 
