@@ -37,7 +37,7 @@ from attnres.layers.depth_variants import (MHC_STREAMS, DenseMix, HyperConnectio
                                            VariantRead, expand_streams, num_sources,
                                            reduce_streams)
 from attnres.ops.attnres import (depth_attention, merged_depth_attention, phase1, scaled_query,
-                                 source_key, stacked_read)
+                                 source_inv_rms, source_key, stacked_read)
 from attnres.ops.attnres.inference import root_d_eps
 from attnres.ops.attnres.naive import compute_dtype, full_precision
 
@@ -66,9 +66,10 @@ class DepthRead(nn.Module):
         self.eps = eps
         self.impl = impl
 
-    def forward(self, sources: list[torch.Tensor], return_weights: bool = False):
+    def forward(self, sources: list[torch.Tensor], return_weights: bool = False, rms=None):
+        """`rms`: optional per-source inverse RMS for the recompute op (`source_inv_rms`)."""
         return depth_attention(self.query, sources, self.key_norm.weight, eps=self.eps,
-                               return_weights=return_weights, impl=self.impl)
+                               return_weights=return_weights, impl=self.impl, rms=rms)
 
     def extra_repr(self) -> str:
         return f"{self.query.shape[0]}, eps={self.eps}, impl={self.impl}"
@@ -170,7 +171,8 @@ class Residual:
             return InferenceAttnResStream(x, reads, self.block_size, self.options.window,
                                           self._inference_queries(reads, x))
         return AttnResStream(x, reads, self.block_size, self.impl, self.two_phase_group, record,
-                             self.options.window)
+                             self.options.window,
+                             share_rms=self.impl == "recompute" and self._plain_read)
 
     def _inference_stream(self, x: torch.Tensor, reads: list, record) -> bool:
         """Whether this forward can take the inference reads: no autograd, no analysis record,
@@ -266,7 +268,8 @@ class AttnResStream:
 
     def __init__(self, embedding: torch.Tensor, reads: list[DepthRead], block_size: int,
                  impl: str = "recompute", two_phase_group: int = 8,
-                 record: DepthRecord | None = None, window: int | None = None):
+                 record: DepthRecord | None = None, window: int | None = None,
+                 share_rms: bool = False):
         if any(r is None for r in reads):
             raise ValueError("AttnRes stream needs a read module for every sublayer and the final read")
         self.reads = reads
@@ -282,6 +285,10 @@ class AttnResStream:
         self.group_size = two_phase_group if block_size == 1 else block_size
         self._phase1: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._phase1_sources = 0
+        # Plain recompute reads: each completed source's inverse RMS, computed once for every
+        # read that sees it (source id -> (source, r)); the partial is read once, by the next read.
+        self.share_rms = share_rms and record is None
+        self._rms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def sources(self) -> list[torch.Tensor]:
         return self.completed if self.partial is None else self.completed + [self.partial]
@@ -296,7 +303,21 @@ class AttnResStream:
             return h
         if self.two_phase and len(sources) > 1:
             return self._two_phase_read(sub, sources)
+        if self.share_rms and len(sources) > 1:
+            return read(sources, rms=self._source_rms(sources))
         return read(sources)
+
+    def _source_rms(self, sources: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        out = []
+        for v in sources:
+            if v is self.partial:
+                out.append(None)
+                continue
+            hit = self._rms.get(id(v))
+            if hit is None or hit[0] is not v:
+                hit = self._rms[id(v)] = (v, source_inv_rms(v, self.reads[0].eps))
+            out.append(hit[1])
+        return out
 
     def write(self, sub: int, out: torch.Tensor) -> None:
         out = out.to(self.completed[0].dtype)
@@ -321,6 +342,8 @@ class AttnResStream:
             h, weights = read(self.completed, return_weights=True)
             self._record_weights(self.n_sublayers, weights)
             return h
+        if self.share_rms and len(self.completed) > 1:
+            return read(self.completed, rms=self._source_rms(self.completed))
         return read(self.completed)
 
     def _record_weights(self, read: int, weights: torch.Tensor) -> None:

@@ -14,7 +14,8 @@ import torch
 
 from .inference import inference_depth_attention, scaled_query, source_key, stacked_read
 from .naive import naive_depth_attention
-from .recompute import DepthAttentionFunction, depth_weights, recompute_depth_attention
+from .recompute import (DepthAttentionFunction, depth_weights, recompute_depth_attention,
+                        source_inv_rms)
 from .two_phase import merged_depth_attention, phase1, two_phase_depth_attention
 
 IMPLS = {
@@ -31,6 +32,7 @@ def depth_attention(
     eps: float = 1e-6,
     return_weights: bool = False,
     impl: str = "recompute",
+    rms: list[torch.Tensor | None] | None = None,
 ):
     """One depth-attention read: h = Σ_i softmax_i(z) · v_i, per token.
 
@@ -48,6 +50,8 @@ def depth_attention(
         eps: added to the mean square inside the square root (default 1e-6).
         return_weights: also return the depth weights.
         impl: "recompute" (default), "two_phase", or "naive" (the plain reference).
+        rms: recompute only: precomputed per-source inverse RMS (`source_inv_rms`), None
+            entries computed; the other impls compute their own and ignore it.
 
     Returns:
         h: [..., d] in the sources' dtype. For n = 1 this is `sources[0]` itself (same object,
@@ -61,6 +65,8 @@ def depth_attention(
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown depth-attention impl {impl!r}; expected one of {sorted(IMPLS)}")
+    if impl == "recompute" and rms is not None:
+        return IMPLS[impl](query, sources, key_norm_weight, eps, return_weights, rms)
     return IMPLS[impl](query, sources, key_norm_weight, eps, return_weights)
 
 
@@ -75,6 +81,7 @@ __all__ = [
     "phase1",
     "recompute_depth_attention",
     "scaled_query",
+    "source_inv_rms",
     "source_key",
     "stacked_read",
     "two_phase_depth_attention",
