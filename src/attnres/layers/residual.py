@@ -183,8 +183,8 @@ class Residual:
                 and compute_dtype(x.dtype) == x.dtype and isinstance(reads[0], DepthRead))
 
     def _inference_queries(self, reads: list[DepthRead], x: torch.Tensor):
-        """The folded queries of `reads`, reused across forwards (a decoding step would
-        otherwise spend a tenth of its reads' time gathering 2(L+1) parameters): valid while
+        """The folded queries of `reads`, reused across forwards (gathering and folding 2(L+1)
+        parameters was about a fifth of the stream's cost per decoded token): valid while
         the same parameter tensors are at the same versions (an optimizer step, `copy_` or
         `load_state_dict` bumps a version) and dtype and device are unchanged."""
         params = [t for r in reads for t in (r._parameters["query"],
@@ -384,9 +384,10 @@ class InferenceAttnResStream(AttnResStream):
 
     Every source's normalised key is computed once, when the source is formed (the partial's
     when a read first sees it; a completed block keeps the partial's key when it closes), so a
-    read only stacks, takes one logit matmul, one softmax and one weighted-sum matmul
-    (`stacked_read`). The folded queries q~ = w ⊙ g of all reads are formed once per forward.
-    No autograd Function and no input checks run. `completed` and `partial` stay the public
+    read only stacks keys and values, forms the logits and the weighted sum as products and sums,
+    and takes one softmax (`stacked_read`). The folded queries (`inference_queries`) come from
+    the `Residual`'s cache, made once per parameter version. No autograd Function and no input
+    checks run. `completed` and `partial` stay the public
     state; a caller that replaces them (a pipeline stage) gets the keys rebuilt on the next read."""
 
     def __init__(self, embedding: torch.Tensor, reads: list[DepthRead], block_size: int,
