@@ -108,7 +108,7 @@ def test_segmenting_gives_the_one_pass_result():
 
 
 def test_defaults_match_the_former_chunking_in_fp32():
-    """The defaults (C = 16, c = 4, segments of 1,024) against C = 64, c = 16 in one pass and
+    """The defaults (C = 16, c = 4, segments of 256) against C = 64, c = 16 in one pass and
     against the recurrence, fp32 at K = V = 64 over 2,100 tokens: 1e-5, the fp32 tolerance of
     the chunk-vs-recurrent tests (a few ulps per step of a contracting recurrence)."""
     gen = torch.Generator().manual_seed(5)

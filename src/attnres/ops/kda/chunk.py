@@ -70,7 +70,7 @@ def _intra_chunk(q: Tensor, k: Tensor, G: Tensor, subchunk: int) -> tuple[Tensor
 def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
               scale: float | None = None, initial_state: Tensor | None = None,
               output_final_state: bool = False, chunk_size: int = 16,
-              subchunk_size: int | None = None, segment_size: int = 1024) -> tuple[Tensor, Tensor | None]:
+              subchunk_size: int | None = None, segment_size: int = 256) -> tuple[Tensor, Tensor | None]:
     """KDA by the chunkwise WY / UT algorithm; equal to `recurrent_kda` up to rounding.
 
     Args:
@@ -116,9 +116,10 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
     if T <= seg:
         return _chunk_kda(q, k, v, g, beta, scale, initial_state, output_final_state,
                           chunk_size, sub)
+    # `split`, not slicing: the backward of a slice is a zero tensor of the whole input's size
+    # per segment (quadratic in T), that of a split one concatenation.
     outs, S = [], initial_state
-    for t0 in range(0, T, seg):
-        part = (x[:, t0:t0 + seg] for x in (q, k, v, g, beta))
+    for part in zip(*(x.split(seg, dim=1) for x in (q, k, v, g, beta))):
         o, S = _chunk_kda(*part, scale, S, True, chunk_size, sub)
         outs.append(o)
     return torch.cat(outs, dim=1), (S if output_final_state else None)
