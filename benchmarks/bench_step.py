@@ -13,8 +13,11 @@ if __name__ == "__main__":
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     rows = run_step_bench(a.preset, device=resolve_device(a.device), dtype=getattr(torch, a.dtype),
                           repeats=a.repeats, quick=a.quick)
     print(format_step_table(rows))

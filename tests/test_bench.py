@@ -11,3 +11,22 @@ def test_every_benchmark_runs_quick():
     for heading in ("Depth-attention op", "Training step", "KDA", "MoE", "Decode", "Data"):
         assert heading in text
     assert "| block (S=4) |" in text and "| kimi-linear (tiny) |" in text
+    assert "KDA scaling in T" in text and "| block (reference reads) |" in text
+
+
+def test_residual_decode_bench_rows_and_same_tokens():
+    from attnres.bench.decode import format_residual_decode_table, run_residual_decode_bench
+    rows = run_residual_decode_bench(reference_reads=True, quick=True)
+    assert [r["arm"] for r in rows] == ["prenorm", "block", "block (reference reads)", "full",
+                                        "full (reference reads)"]
+    assert rows[0]["ratio"] == 1.0 and rows[0]["same_tokens"] is None
+    assert rows[1]["same_tokens"] is True and rows[3]["same_tokens"] is True
+    assert "| full (reference reads) |" in format_residual_decode_table(rows)
+
+
+def test_kda_scaling_bench_rows():
+    from attnres.bench.kda import format_kda_scaling_table, run_kda_scaling_bench
+    rows = run_kda_scaling_bench(quick=True)
+    assert [r["T"] for r in rows] == [64, 128]
+    assert all(r["chunk_fwd_us"] > 0 and r["former_fwdbwd_us"] > 0 for r in rows)
+    assert "recurrent fwd / chunk fwd" in format_kda_scaling_table(rows)

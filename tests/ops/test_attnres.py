@@ -13,6 +13,7 @@ from attnres.ops.attnres import (
     naive_depth_attention,
     phase1,
     recompute_depth_attention,
+    source_inv_rms,
     two_phase_depth_attention,
 )
 
@@ -107,6 +108,56 @@ def test_gradcheck(impl, gain):
         return depth_attention(q, list(xs[2 if gain else 1 :]), g, impl=impl)
 
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+# ------------------------------------------- precomputed inverse RMS (a stream shares it)
+
+
+def with_rms(which):
+    """recompute with the inverse RMS of the sources in `which` ("all", "some") handed in,
+    computed from the very tensors read (as the stream does), without gradient."""
+    def fn(q, vs, g):
+        rms = [source_inv_rms(v, 1e-6) if which == "all" or i % 2 else None
+               for i, v in enumerate(vs)]
+        return depth_attention(q, vs, g, eps=1e-6, impl="recompute", rms=rms)
+    return fn
+
+
+@pytest.mark.parametrize("which", ["all", "some"])
+@pytest.mark.parametrize("n", [2, 5, 9], ids=lambda n: f"n{n}")
+def test_precomputed_rms_matches_reference_fp64(n, which):
+    args = make(n, (2, 5, 16), seed=21)
+    assert_all_close(run(with_rms(which), *args), run(impl_fn("naive"), *args), 1e-12)
+
+
+def test_precomputed_rms_fp32_and_gradcheck():
+    args = make(5, (2, 5, 16), torch.float32, seed=22)
+    assert_all_close(run(with_rms("all"), *args), run(impl_fn("naive"), *args), 1e-5)
+    query, sources, weight, _ = make(3, (2, 3, 4), seed=23)
+    inputs = [query.requires_grad_(), weight.requires_grad_()] + [v.requires_grad_() for v in sources]
+    assert torch.autograd.gradcheck(lambda q, g, *vs: with_rms("all")(q, list(vs), g), inputs)
+
+
+def test_precomputed_rms_is_used():
+    """A wrong r must change the result: the op really reads what it is given."""
+    query, sources, weight, _ = make(3, (4, 16), seed=24)
+    rms = [source_inv_rms(v, 1e-6) for v in sources]
+    good = depth_attention(query, sources, weight, rms=rms)
+    bad = depth_attention(query, sources, weight, rms=[rms[0] * 2] + rms[1:])
+    assert rel(good, naive_depth_attention(query, sources, weight)) <= 1e-13
+    assert rel(bad, good) > 1e-3
+    with pytest.raises(ValueError, match="rms has 2 entries"):
+        depth_attention(query, sources, weight, rms=rms[:2])
+
+
+def test_precomputed_rms_saves_only_source_references():
+    n, shape = 5, (2, 8, 16)
+    query, sources, weight, _ = make(n, shape, torch.float32, seed=25)
+    query.requires_grad_()
+    sources = [v.requires_grad_() for v in sources]
+    rms = [source_inv_rms(v, 1e-6) for v in sources]
+    fn = lambda: depth_attention(query, sources, weight, rms=rms)  # noqa: E731
+    assert oversized_saves(fn, sources, n * shape[0] * shape[1]) == []
 
 
 # ---------------------------------------------------------------- two-phase pieces

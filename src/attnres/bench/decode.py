@@ -66,3 +66,77 @@ def format_decode_table(rows: list[dict]) -> str:
         lines.append(f"| {r['backbone']} ({r['preset']}) | {r['context']:,} | {r['prefill_tok_s']:,.0f} | "
                      f"{r['decode_tok_s']:,.1f} | {r['cache_bytes'] / 1024:,.1f} |")
     return "\n".join(lines)
+
+
+RESIDUAL_ARMS = ("prenorm", "block", "full")
+
+
+@torch.no_grad()
+def run_residual_decode_bench(preset: str = "small", arms=RESIDUAL_ARMS, new_tokens: int = 200,
+                              prompt: int = 16, rounds: int = 3, batch: int = 1,
+                              device="cpu", reference_reads: bool = False,
+                              quick: bool = False) -> list[dict]:
+    """Greedy decoding with the KV cache on the dense backbone, one row per residual arm.
+
+    Every arm is built from the same seed, prefills the same prompt and then decodes greedily,
+    as `generate` does. The arms are interleaved token by token (each decoding step is timed for
+    every arm in a rotating order before the next step), so load from other processes hits them
+    alike; `ratio` is the median over all (round, step) pairs of the step's time over the first
+    arm's. `reference_reads` adds, for every AttnRes arm, the same model decoding with the
+    training-path reads (`Residual.fast_inference = False`): the before and after of the
+    inference reads in one process; `same_tokens` says whether an arm's tokens equal its
+    reference's."""
+    device = torch.device(device)
+    if quick:
+        preset, new_tokens, prompt, rounds = "tiny", 8, 4, 1
+    models = {}
+    for arm in arms:
+        torch.manual_seed(0)
+        cfg = dense_config(preset, residual=ResidualConfig(arm),
+                           max_seq_len=max(prompt + new_tokens, 8))
+        models[arm] = DenseLM(cfg).to(device).eval()
+        if reference_reads and arm != "prenorm":
+            torch.manual_seed(0)
+            ref = DenseLM(cfg).to(device).eval()
+            ref.residual.fast_inference = False
+            models[f"{arm} (reference reads)"] = ref
+    names = list(models)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, models[names[0]].cfg.vocab_size, (batch, prompt),
+                        generator=gen).to(device)
+    times = {name: [] for name in names}
+    tokens = {}
+    for r in range(rounds + 1):  # round 0 warms up and is not timed
+        caches = {name: models[name].new_cache() for name in names}
+        nxt = {name: models[name](idx, cache=caches[name])[:, -1:].argmax(-1) for name in names}
+        out = {name: [] for name in names}
+        for step in range(new_tokens):
+            k = step % len(names)
+            for name in names[k:] + names[:k]:
+                _sync(device)
+                t0 = time.perf_counter()
+                nxt[name] = models[name](nxt[name], cache=caches[name])[:, -1:].argmax(-1)
+                _sync(device)
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+                out[name].append(nxt[name])
+        tokens = {name: torch.cat(out[name], 1) for name in names}
+    rows = []
+    for name in names:
+        ratios = sorted(t / b for t, b in zip(times[name], times[names[0]]))
+        ref = tokens.get(f"{name} (reference reads)")
+        rows.append(dict(arm=name, preset=preset, batch=batch, new_tokens=new_tokens,
+                         rounds=rounds, threads=torch.get_num_threads(), device=str(device),
+                         tok_s=len(times[name]) * batch / sum(times[name]),
+                         ratio=ratios[len(ratios) // 2],
+                         same_tokens=None if ref is None else bool(torch.equal(ref, tokens[name]))))
+    return rows
+
+
+def format_residual_decode_table(rows: list[dict]) -> str:
+    lines = ["| residual | decode tok/s | time / prenorm (median of paired steps) | same tokens as reference reads |",
+             "|:---|---:|---:|:---:|"]
+    for r in rows:
+        same = "" if r["same_tokens"] is None else ("yes" if r["same_tokens"] else "**no**")
+        lines.append(f"| {r['arm']} | {r['tok_s']:,.1f} | {r['ratio']:.3f} | {same} |")
+    return "\n".join(lines)

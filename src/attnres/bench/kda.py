@@ -45,7 +45,7 @@ def _time_fwd_bwd(op, inputs, device, repeats, **kw) -> float:
 
 def run_kda_bench(T_values=(512, 2048), B=1, H=4, K=32, V=32, device="cpu", repeats=3,
                   quick=False) -> list[dict]:
-    """Tokens/s (B·T per forward+backward) of chunk_kda (C = 64) and recurrent_kda, per T.
+    """Tokens/s (B·T per forward+backward) of chunk_kda (its defaults) and recurrent_kda, per T.
 
     `quick` caps T at 256 and takes one timed run, for smoke tests.
     """
@@ -54,7 +54,7 @@ def run_kda_bench(T_values=(512, 2048), B=1, H=4, K=32, V=32, device="cpu", repe
     rows = []
     for T in T_values:
         x = _inputs(B, T, H, K, V, device)
-        t_chunk = _time_fwd_bwd(chunk_kda, x, device, repeats, chunk_size=64)
+        t_chunk = _time_fwd_bwd(chunk_kda, x, device, repeats)
         t_rec = _time_fwd_bwd(recurrent_kda, x, device, repeats)
         rows.append(dict(T=T, B=B, H=H, K=K, V=V, device=str(device),
                          chunk_s=t_chunk, recurrent_s=t_rec,
@@ -71,4 +71,68 @@ def format_kda_table(rows) -> str:
         lines.append(f"| {r['T']} | {r['B']}×{r['H']}×{r['K']}×{r['V']} | {r['device']} "
                      f"| {r['chunk_tok_s']:,.0f} | {r['recurrent_tok_s']:,.0f} "
                      f"| {r['speedup']:.1f}× |")
+    return "\n".join(lines)
+
+
+# The chunking `chunk_kda` used before segments and the C = 16 / c = 4 defaults.
+FORMER = dict(chunk_size=64, subchunk_size=16, segment_size=0)
+
+
+def run_kda_scaling_bench(T_values=(512, 2048, 8192), B=1, H=4, K=64, V=64, device="cpu",
+                          repeats=4, recurrent_max_T=2048, quick=False) -> list[dict]:
+    """Time per token of `chunk_kda` (defaults), of its former chunking (`FORMER`) and, up to
+    `recurrent_max_T`, of `recurrent_kda`: forward alone and forward + backward, per T.
+
+    Best of `repeats` (after a warm-up), every repeat running every (T, arm, pass) in the same
+    order, so that load drifting over the run hits every T alike; a shorter T runs
+    min(8, max(T) // T) times per repeat, so that every T gets about as many seconds of samples
+    (the minimum of short runs is the more easily disturbed by other processes)."""
+    if quick:
+        T_values, repeats, recurrent_max_T = (64, 128), 1, 128
+    inputs = {T: _inputs(B, T, H, K, V, device) for T in T_values}
+    arms = {"chunk": (chunk_kda, {}), "former": (chunk_kda, FORMER),
+            "recurrent": (recurrent_kda, {})}
+    best = {}
+    for i in range(repeats + 1):                          # repeat 0 is the warm-up
+        for T, x in inputs.items():
+            for name, (op, kw) in arms.items():
+                for backward in (False, True):
+                    if name == "recurrent" and (backward or T > recurrent_max_T):
+                        continue
+                    for _ in range(min(8, max(1, max(T_values) // T)) if i else 1):
+                        leaves = {n: t.detach().requires_grad_(backward) for n, t in x.items()}
+                        _sync(device)
+                        start = time.perf_counter()
+                        with torch.set_grad_enabled(backward):
+                            o, _ = op(**leaves, **kw)
+                            if backward:
+                                o.sum().backward()
+                        _sync(device)
+                        key = (T, f"{name}_{'fwdbwd' if backward else 'fwd'}_us")
+                        if i:
+                            best[key] = min(best.get(key, float("inf")),
+                                            (time.perf_counter() - start) / (B * T) * 1e6)
+    return [dict(T=T, B=B, H=H, K=K, V=V, device=str(device), threads=torch.get_num_threads(),
+                 **{k: t for (t_, k), t in best.items() if t_ == T}) for T in T_values]
+
+
+def format_kda_scaling_table(rows) -> str:
+    """Markdown: µs per token, forward and forward + backward, now and before, per T; the
+    recurrence's forward where measured."""
+    lines = ["| T | B×H×K×V | chunk fwd µs/tok | chunk fwd+bwd µs/tok | former fwd µs/tok "
+             "| former fwd+bwd µs/tok | recurrent fwd µs/tok | recurrent fwd / chunk fwd |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rec = r.get("recurrent_fwd_us")
+        rec_cells = ("", "") if rec is None else (f"{rec:.1f}", f"{rec / r['chunk_fwd_us']:.1f}×")
+        lines.append(f"| {r['T']:,} | {r['B']}×{r['H']}×{r['K']}×{r['V']} "
+                     f"| {r['chunk_fwd_us']:.1f} | {r['chunk_fwdbwd_us']:.1f} "
+                     f"| {r['former_fwd_us']:.1f} | {r['former_fwdbwd_us']:.1f} "
+                     f"| {rec_cells[0]} | {rec_cells[1]} |")
+    first, last = rows[0], rows[-1]
+    lines += ["", f"Time per token at T = {last['T']:,} over T = {first['T']:,}: chunk forward "
+              f"{last['chunk_fwd_us'] / first['chunk_fwd_us']:.2f}×, forward + backward "
+              f"{last['chunk_fwdbwd_us'] / first['chunk_fwdbwd_us']:.2f}×; former "
+              f"{last['former_fwd_us'] / first['former_fwd_us']:.2f}× and "
+              f"{last['former_fwdbwd_us'] / first['former_fwdbwd_us']:.2f}×."]
     return "\n".join(lines)

@@ -39,16 +39,24 @@ def run_benchmarks(what=("op", "step"), preset: str = "small", quick: bool = Fal
                   f"{r['dtype']}, Muon + AdamW)", "", format_step_table(rows), ""]
     if "kda" in what:
         from attnres.bench.kda import format_kda_table, run_kda_bench
+        from attnres.bench.kda import format_kda_scaling_table, run_kda_scaling_bench
         parts += ["### KDA: chunk vs recurrent, forward + backward", "",
-                  format_kda_table(run_kda_bench(device=str(dev), quick=quick)), ""]
+                  format_kda_table(run_kda_bench(device=str(dev), quick=quick)), "",
+                  "### KDA scaling in T", "",
+                  format_kda_scaling_table(run_kda_scaling_bench(device=str(dev), quick=quick)), ""]
     if "moe" in what:
         from attnres.bench.moe import format_moe_table, run_moe_bench
         parts += ["### MoE dispatch vs a dense FFN of equal active parameters", "",
                   format_moe_table(run_moe_bench(device=str(dev), **({"tokens": 256, "repeats": 2} if quick else {}))), ""]
     if "decode" in what:
         from attnres.bench.decode import format_decode_table, run_decode_bench
+        from attnres.bench.decode import (format_residual_decode_table,
+                                          run_residual_decode_bench)
         parts += ["### Decode: kimi-linear vs dense, cache size and tokens/s", "",
-                  format_decode_table(run_decode_bench(device=dev, quick=quick)), ""]
+                  format_decode_table(run_decode_bench(device=dev, quick=quick)), "",
+                  f"### Decode: residual arms, dense `{preset}`, batch 1, greedy with the KV cache",
+                  "", format_residual_decode_table(run_residual_decode_bench(
+                      preset=preset, device=dev, reference_reads=True, quick=quick)), ""]
     if "data" in what:
         from attnres.bench.data import format_data_table, run_data_bench
         parts += ["### Data: tokenising a text corpus into the token cache (MB/s, peak memory)", "",

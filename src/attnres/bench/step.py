@@ -57,8 +57,11 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
         for step, _ in steps.values():
             step()
     times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, (step, _) in steps.items():
+    names = list(steps)
+    for k in range(repeats):
+        # a rotating order, so that no arm always runs right after the same other arm
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            step = steps[name][0]
             _sync(device)
             t0 = time.perf_counter()
             step()
@@ -71,6 +74,9 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
                          block_size=block_size if name == "block" else None, impl=impl,
                          device=str(device), dtype=str(dtype).removeprefix("torch."),
                          step_ms=statistics.median(times[name]),
+                         # median over repeats of this repeat's time over the first arm's
+                         paired_ratio=statistics.median(
+                             t / b for t, b in zip(times[name], times[names[0]])),
                          spread_ms=statistics.quantiles(times[name], n=4)[2] - statistics.quantiles(times[name], n=4)[0]
                          if len(times[name]) >= 2 else 0.0,
                          peak_bytes=peak, params=sum(p.numel() for p in model.parameters())))
@@ -79,12 +85,14 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
 
 def format_step_table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["variant"] == "prenorm"), None)
-    lines = ["| variant | params | step ms (IQR) | time / baseline | peak MiB | memory / baseline |",
-             "|:---|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | params | step ms (IQR) | time / baseline | paired time / baseline "
+             "| peak MiB | memory / baseline |",
+             "|:---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         t_ratio = f"{r['step_ms'] / base['step_ms']:.3f}" if base else "-"
         m_ratio = f"{r['peak_bytes'] / base['peak_bytes']:.3f}" if base and base["peak_bytes"] else "-"
         name = r["variant"] + (f" (S={r['block_size']})" if r["block_size"] else "")
         lines.append(f"| {name} | {r['params']:,} | {r['step_ms']:.1f} ({r['spread_ms']:.1f}) | {t_ratio} | "
+                     f"{r['paired_ratio']:.3f} | "
                      f"{r['peak_bytes'] / 2**20:.1f} | {m_ratio} |")
     return "\n".join(lines)

@@ -63,7 +63,7 @@ class KimiDeltaAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, head_dim: int, conv_size: int = 4,
-                 gate_rank: int | None = None, chunk_size: int = 64, mode: str = "auto",
+                 gate_rank: int | None = None, chunk_size: int = 16, mode: str = "auto",
                  norm_eps: float = 1e-5):
         super().__init__()
         if mode not in MODES:

@@ -25,6 +25,7 @@ layer boundary) and `mhc` (4 hyper-connection streams, one mHC module around eac
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,10 @@ from attnres.config import RESIDUAL_KINDS, ResidualConfig
 from attnres.layers.depth_variants import (MHC_STREAMS, DenseMix, HyperConnection, ReadOptions,
                                            VariantRead, expand_streams, num_sources,
                                            reduce_streams)
-from attnres.ops.attnres import depth_attention, merged_depth_attention, phase1
+from attnres.ops.attnres import (depth_attention, merged_depth_attention, phase1, scaled_query,
+                                 source_inv_rms, source_key, stacked_read)
+from attnres.ops.attnres.inference import root_d_eps
+from attnres.ops.attnres.naive import compute_dtype, full_precision
 
 class KeyNorm(nn.Module):
     """The gain g of the keys' RMSNorm. Only its weight lives here: the normalisation itself is
@@ -62,9 +66,10 @@ class DepthRead(nn.Module):
         self.eps = eps
         self.impl = impl
 
-    def forward(self, sources: list[torch.Tensor], return_weights: bool = False):
+    def forward(self, sources: list[torch.Tensor], return_weights: bool = False, rms=None):
+        """`rms`: optional per-source inverse RMS for the recompute op (`source_inv_rms`)."""
         return depth_attention(self.query, sources, self.key_norm.weight, eps=self.eps,
-                               return_weights=return_weights, impl=self.impl)
+                               return_weights=return_weights, impl=self.impl, rms=rms)
 
     def extra_repr(self) -> str:
         return f"{self.query.shape[0]}, eps={self.eps}, impl={self.impl}"
@@ -104,6 +109,11 @@ class Residual:
         self.options = ReadOptions(cfg.query, cfg.mixing, cfg.kernel, cfg.key_norm,
                                    cfg.window or None, cfg.heads)
         self.n_sublayers = n_sublayers
+        # Under no_grad the plain reads run through `InferenceAttnResStream`; False keeps the
+        # training-path reads there too (the reference the tests and benchmarks compare with).
+        self.fast_inference = True
+        self._query_cache = None
+        self._plain_read = self.options.plain_read  # a dataclass comparison: once, not per forward
         if self.is_attnres and self.options.window is not None and self.block_size != 1:
             raise ValueError("a depth window applies only to Full AttnRes")
         if self.is_attnres and self.impl == "two_phase" and self.options != ReadOptions():
@@ -157,8 +167,35 @@ class Residual:
             return DenseFormerStream(x, reads, record)
         if self.kind == "mhc":
             return HyperStream(x, reads, MHC_STREAMS, record)
+        if self._inference_stream(x, reads, record):
+            return InferenceAttnResStream(x, reads, self.block_size, self.options.window,
+                                          self._inference_queries(reads, x))
         return AttnResStream(x, reads, self.block_size, self.impl, self.two_phase_group, record,
-                             self.options.window)
+                             self.options.window,
+                             share_rms=self.impl == "recompute" and self._plain_read)
+
+    def _inference_stream(self, x: torch.Tensor, reads: list, record) -> bool:
+        """Whether this forward can take the inference reads: no autograd, no analysis record,
+        plain reads (a depth window is fine), sources already in the compute dtype (fp32/fp64,
+        so that the stream's rounding is unchanged), and not the `naive` reference impl."""
+        return (self.fast_inference and not torch.is_grad_enabled() and record is None
+                and self._plain_read and self.impl != "naive"
+                and compute_dtype(x.dtype) == x.dtype and isinstance(reads[0], DepthRead))
+
+    def _inference_queries(self, reads: list[DepthRead], x: torch.Tensor):
+        """The folded queries of `reads`, reused across forwards (gathering and folding 2(L+1)
+        parameters was about a fifth of the stream's cost per decoded token): valid while
+        the same parameter tensors are at the same versions (an optimizer step, `copy_` or
+        `load_state_dict` bumps a version) and dtype and device are unchanged."""
+        params = [t for r in reads for t in (r._parameters["query"],
+                                             r._modules["key_norm"]._parameters["weight"])]
+        versions = [t._version for t in params]
+        cache = self._query_cache
+        if (cache is None or cache[0] != (x.dtype, x.device) or len(cache[1]) != len(params)
+                or not all(map(operator.is_, cache[1], params)) or cache[2] != versions):
+            cache = self._query_cache = ((x.dtype, x.device), params, versions,
+                                         inference_queries(reads, x.dtype, x.device))
+        return cache[3]
 
     def init_read_scale(self, sub: int) -> float:
         """c such that read `sub` (0-based sublayer; L = the final read) returns c times the
@@ -231,7 +268,8 @@ class AttnResStream:
 
     def __init__(self, embedding: torch.Tensor, reads: list[DepthRead], block_size: int,
                  impl: str = "recompute", two_phase_group: int = 8,
-                 record: DepthRecord | None = None, window: int | None = None):
+                 record: DepthRecord | None = None, window: int | None = None,
+                 share_rms: bool = False):
         if any(r is None for r in reads):
             raise ValueError("AttnRes stream needs a read module for every sublayer and the final read")
         self.reads = reads
@@ -247,6 +285,10 @@ class AttnResStream:
         self.group_size = two_phase_group if block_size == 1 else block_size
         self._phase1: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._phase1_sources = 0
+        # Plain recompute reads: each completed source's inverse RMS, computed once for every
+        # read that sees it (source id -> (source, r)); the partial is read once, by the next read.
+        self.share_rms = share_rms and record is None
+        self._rms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def sources(self) -> list[torch.Tensor]:
         return self.completed if self.partial is None else self.completed + [self.partial]
@@ -261,7 +303,21 @@ class AttnResStream:
             return h
         if self.two_phase and len(sources) > 1:
             return self._two_phase_read(sub, sources)
+        if self.share_rms and len(sources) > 1:
+            return read(sources, rms=self._source_rms(sources))
         return read(sources)
+
+    def _source_rms(self, sources: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        out = []
+        for v in sources:
+            if v is self.partial:
+                out.append(None)
+                continue
+            hit = self._rms.get(id(v))
+            if hit is None or hit[0] is not v:
+                hit = self._rms[id(v)] = (v, source_inv_rms(v, self.reads[0].eps))
+            out.append(hit[1])
+        return out
 
     def write(self, sub: int, out: torch.Tensor) -> None:
         out = out.to(self.completed[0].dtype)
@@ -286,6 +342,8 @@ class AttnResStream:
             h, weights = read(self.completed, return_weights=True)
             self._record_weights(self.n_sublayers, weights)
             return h
+        if self.share_rms and len(self.completed) > 1:
+            return read(self.completed, rms=self._source_rms(self.completed))
         return read(self.completed)
 
     def _record_weights(self, read: int, weights: torch.Tensor) -> None:
@@ -310,6 +368,87 @@ class AttnResStream:
         read = self.reads[sub]
         return merged_depth_attention(read.query, sources, read.key_norm.weight, read.eps,
                                       o1, lse1, self._phase1_sources)
+
+
+def inference_queries(reads: list[DepthRead], dtype: torch.dtype,
+                      device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`scaled_query`(w ⊙ g) of every read, [d] each, in `dtype`, without autograd."""
+    with torch.no_grad(), full_precision(device):
+        q = torch.stack([r.query for r in reads]).to(dtype)
+        g = torch.stack([r.key_norm.weight for r in reads]).to(dtype)
+        return scaled_query(q * g).unbind(0)
+
+
+class InferenceAttnResStream(AttnResStream):
+    """The same bookkeeping as `AttnResStream` under `no_grad` (docs/THEORY.md#inference).
+
+    Every source's normalised key is computed once, when the source is formed (the partial's
+    when a read first sees it; a completed block keeps the partial's key when it closes), so a
+    read only stacks keys and values, forms the logits and the weighted sum as products and sums,
+    and takes one softmax (`stacked_read`). The folded queries (`inference_queries`) come from
+    the `Residual`'s cache, made once per parameter version. No autograd Function and no input
+    checks run. `completed` and `partial` stay the public
+    state; a caller that replaces them (a pipeline stage) gets the keys rebuilt on the next read."""
+
+    def __init__(self, embedding: torch.Tensor, reads: list[DepthRead], block_size: int,
+                 window: int | None = None, queries: tuple[torch.Tensor, ...] | None = None):
+        super().__init__(embedding, reads, block_size, window=window)
+        self.eps = reads[0].eps
+        self._dtype = embedding.dtype
+        # Autocast would run the logit and weighted-sum products in bf16; the reads keep the
+        # compute dtype (docs/THEORY.md#numerics), at the price of a context per read.
+        self._autocast = torch.is_autocast_enabled(embedding.device.type)
+        self._queries = queries if queries is not None else \
+            inference_queries(reads, embedding.dtype, embedding.device)
+        self._root = root_d_eps(embedding, self.eps)
+        self._keys = [source_key(embedding, self.eps, self._root)]  # keys of `completed`, in order
+        self._partial_key = self._partial_of_key = None  # the key of `partial`, and whose it is
+
+    # Written flat on purpose: at one decoded token a read is a few microseconds of kernels, so
+    # each Python call and list built here is a visible share of it.
+
+    def _sync_keys(self) -> None:
+        if len(self._keys) != len(self.completed):  # `completed` replaced from outside
+            self._keys = [source_key(v, self.eps, self._root) for v in self.completed]
+
+    def _key_of_partial(self) -> torch.Tensor:
+        if self._partial_of_key is not self.partial:
+            self._partial_key = source_key(self.partial, self.eps, self._root)
+            self._partial_of_key = self.partial
+        return self._partial_key
+
+    def _read(self, q: torch.Tensor) -> torch.Tensor:
+        self._sync_keys()
+        if self.partial is None:
+            values, keys = self.completed, self._keys
+        else:
+            values, keys = self.completed + [self.partial], self._keys + [self._key_of_partial()]
+        if self._autocast:
+            with full_precision(values[0].device):
+                return stacked_read(q, keys, values)
+        return stacked_read(q, keys, values)
+
+    def read(self, sub: int) -> torch.Tensor:
+        return self._read(self._queries[sub])
+
+    def write(self, sub: int, out: torch.Tensor) -> None:
+        if out.dtype != self._dtype:
+            out = out.to(self._dtype)
+        self.partial = out if self.partial is None else self.partial + out
+        l = sub + 1
+        if l % self.block_size == 0 or l == self.n_sublayers:
+            self._sync_keys()
+            self._keys.append(self._key_of_partial())
+            self.completed.append(self.partial)
+            self.partial = self._partial_key = self._partial_of_key = None
+            if self.window is not None and len(self.completed) > self.window + 1:
+                self.completed = [self.completed[0]] + self.completed[-self.window:]
+                self._keys = [self._keys[0]] + self._keys[-self.window:]
+
+    def final(self) -> torch.Tensor:
+        if self.partial is not None:
+            raise RuntimeError(f"final read before all {self.n_sublayers} sublayers were written")
+        return self._read(self._queries[self.n_sublayers])
 
 
 class DenseFormerStream(PreNormStream):

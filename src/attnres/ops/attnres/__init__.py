@@ -4,14 +4,18 @@ sources against a pseudo-query.
 Three implementations with one signature: `naive` (stacked, plain autograd,
 the test reference), `recompute` (never stacks; saves the sources by reference and one lse per
 token, recomputes in backward; the default) and `two_phase` (docs/THEORY.md#two-phase-computation; same backward).
+`inference.py` holds the read the streams use under `no_grad` (docs/THEORY.md#inference): no
+autograd Function, no checks, keys computed once per source.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .inference import inference_depth_attention, scaled_query, source_key, stacked_read
 from .naive import naive_depth_attention
-from .recompute import DepthAttentionFunction, depth_weights, recompute_depth_attention
+from .recompute import (DepthAttentionFunction, depth_weights, recompute_depth_attention,
+                        source_inv_rms)
 from .two_phase import merged_depth_attention, phase1, two_phase_depth_attention
 
 IMPLS = {
@@ -28,6 +32,7 @@ def depth_attention(
     eps: float = 1e-6,
     return_weights: bool = False,
     impl: str = "recompute",
+    rms: list[torch.Tensor | None] | None = None,
 ):
     """One depth-attention read: h = Σ_i softmax_i(z) · v_i, per token.
 
@@ -45,6 +50,8 @@ def depth_attention(
         eps: added to the mean square inside the square root (default 1e-6).
         return_weights: also return the depth weights.
         impl: "recompute" (default), "two_phase", or "naive" (the plain reference).
+        rms: recompute only: precomputed per-source inverse RMS (`source_inv_rms`), None
+            entries computed; the other impls compute their own and ignore it.
 
     Returns:
         h: [..., d] in the sources' dtype. For n = 1 this is `sources[0]` itself (same object,
@@ -58,6 +65,8 @@ def depth_attention(
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown depth-attention impl {impl!r}; expected one of {sorted(IMPLS)}")
+    if impl == "recompute" and rms is not None:
+        return IMPLS[impl](query, sources, key_norm_weight, eps, return_weights, rms)
     return IMPLS[impl](query, sources, key_norm_weight, eps, return_weights)
 
 
@@ -66,9 +75,14 @@ __all__ = [
     "DepthAttentionFunction",
     "depth_attention",
     "depth_weights",
+    "inference_depth_attention",
     "merged_depth_attention",
     "naive_depth_attention",
     "phase1",
     "recompute_depth_attention",
+    "scaled_query",
+    "source_inv_rms",
+    "source_key",
+    "stacked_read",
     "two_phase_depth_attention",
 ]

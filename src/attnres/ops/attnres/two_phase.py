@@ -124,7 +124,7 @@ def merged_depth_attention(
         # A fresh tensor even without merges: autograd must own the Function's output, not a
         # view of the caller's o1.
         out = o.to(v0.dtype, copy=o is o1)
-    return DepthAttentionFunction.apply(query, key_norm_weight, eps, (out, lse), *sources)
+    return DepthAttentionFunction.apply(query, key_norm_weight, eps, (out, lse), None, *sources)
 
 
 def two_phase_depth_attention(

@@ -69,8 +69,8 @@ def _intra_chunk(q: Tensor, k: Tensor, G: Tensor, subchunk: int) -> tuple[Tensor
 
 def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
               scale: float | None = None, initial_state: Tensor | None = None,
-              output_final_state: bool = False, chunk_size: int = 64,
-              subchunk_size: int = 16) -> tuple[Tensor, Tensor | None]:
+              output_final_state: bool = False, chunk_size: int = 16,
+              subchunk_size: int | None = None, segment_size: int = 256) -> tuple[Tensor, Tensor | None]:
     """KDA by the chunkwise WY / UT algorithm; equal to `recurrent_kda` up to rounding.
 
     Args:
@@ -81,11 +81,21 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
         scale: query scale; defaults to K ** -0.5.
         initial_state: [B, H, K, V] state before the first token, or None for zeros.
         output_final_state: also return the state after the last token.
-        chunk_size: chunk length C (16, 32, 64, ...). T need not be a multiple: the input is
-            right-padded with q = k = v = 0, g = 0, beta = 0 (writes and decays nothing).
+        chunk_size: chunk length C (4, 8, 16, 32, 64, ...). T need not be a multiple: the input
+            is right-padded with q = k = v = 0, g = 0, beta = 0 (writes and decays nothing).
         subchunk_size: length c of the sub-chunks pairwise decays are formed in
             (docs/BACKBONE.md#kda-numerics);
-            min(c, C) is used, and it must divide C.
+            min(c, C) is used, and it must divide C. None: 4 for C ≤ 16, else 8.
+        segment_size: the sequence is run `segment_size` tokens at a time (rounded up to a
+            multiple of C), the state carried from one segment to the next, so that the
+            intra-chunk tensors of one segment stay cache-sized and the time per token does not
+            grow with T (docs/BACKBONE.md#kda-chunkwise-form). Chunks never straddle segments,
+            so the result is the one-pass result; 0 = one segment.
+
+    The defaults C = 16, c = 4 were the fastest on a CPU (docs/BENCHMARKS.md#kda-scaling-in-t):
+    per token the pairwise decays of the diagonal sub-blocks cost C·c·K / C = c·K and the
+    sub-chunk pairs C·K / c, so c near sqrt(C) balances them, and a smaller C shrinks both,
+    while the sequential state update per chunk is only a few small matmuls.
 
     Returns:
         o: [B, T, H, V] in v's dtype.
@@ -94,9 +104,31 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
     check_kda_inputs(q, k, v, g, beta, initial_state)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if subchunk_size is None:
+        subchunk_size = 4 if chunk_size <= 16 else 8
     sub = min(subchunk_size, chunk_size)
     if sub < 1 or chunk_size % sub:
         raise ValueError(f"subchunk_size {subchunk_size} must divide chunk_size {chunk_size}")
+    if segment_size < 0:
+        raise ValueError(f"segment_size must be >= 0, got {segment_size}")
+    T = q.shape[1]
+    seg = -(-segment_size // chunk_size) * chunk_size if segment_size else T
+    if T <= seg:
+        return _chunk_kda(q, k, v, g, beta, scale, initial_state, output_final_state,
+                          chunk_size, sub)
+    # `split`, not slicing: the backward of a slice is a zero tensor of the whole input's size
+    # per segment (quadratic in T), that of a split one concatenation.
+    outs, S = [], initial_state
+    for part in zip(*(x.split(seg, dim=1) for x in (q, k, v, g, beta))):
+        o, S = _chunk_kda(*part, scale, S, True, chunk_size, sub)
+        outs.append(o)
+    return torch.cat(outs, dim=1), (S if output_final_state else None)
+
+
+def _chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, scale: float | None,
+               initial_state: Tensor | None, output_final_state: bool, chunk_size: int,
+               sub: int) -> tuple[Tensor, Tensor | None]:
+    """One segment of `chunk_kda`, inputs already checked."""
     B, T, H, K = q.shape
     V, out_dtype = v.shape[-1], v.dtype
     acc = accum_dtype(q, k, v, g, beta, initial_state)
