@@ -15,6 +15,7 @@ import torch
 from attnres.ops.attnres import (inference_depth_attention, naive_depth_attention, scaled_query,
                                  source_key, stacked_read)
 from attnres.ops.attnres.naive import folded_query, inv_rms
+from .test_attnres import make  # the op tests' sources, query and gain (its grad_out unused)
 
 SHAPES = {"d": (16,), "BTd": (2, 5, 16)}
 
@@ -22,18 +23,6 @@ SHAPES = {"d": (16,), "BTd": (2, 5, 16)}
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-
-
-def make(n, shape, dtype=torch.float64, seed=0, gain=True):
-    """Sources of unequal scale, a query giving logits of order 1, a gain near 1 (as in
-    test_attnres.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    d = shape[-1]
-    pdt = torch.float64 if dtype == torch.float64 else torch.float32
-    sources = [(torch.randn(shape, generator=gen) * (1 + i % 3)).to(dtype) for i in range(n)]
-    query = torch.randn(d, generator=gen, dtype=pdt) * (2 / d**0.5)
-    weight = 1 + 0.3 * torch.randn(d, generator=gen, dtype=pdt) if gain else None
-    return query, sources, weight, None
 
 
 @pytest.mark.parametrize("gain", [True, False], ids=["gain", "no-gain"])
