@@ -15,14 +15,9 @@ import torch
 from attnres.ops.attnres import (inference_depth_attention, naive_depth_attention, scaled_query,
                                  source_key, stacked_read)
 from attnres.ops.attnres.naive import folded_query, inv_rms
-from .test_attnres import make  # the op tests' sources, query and gain (its grad_out unused)
+from .test_attnres import make, rel  # the op tests' sources, query and gain (grad_out unused)
 
 SHAPES = {"d": (16,), "BTd": (2, 5, 16)}
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize("gain", [True, False], ids=["gain", "no-gain"])
