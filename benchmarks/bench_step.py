@@ -4,7 +4,7 @@ import argparse
 
 import torch
 
-from attnres.bench.step import format_step_table, run_step_bench
+from attnres.bench.step import format_step_split_table, format_step_table, run_step_bench
 from attnres.train.build import resolve_device
 
 if __name__ == "__main__":
@@ -21,3 +21,5 @@ if __name__ == "__main__":
     rows = run_step_bench(a.preset, device=resolve_device(a.device), dtype=getattr(torch, a.dtype),
                           repeats=a.repeats, quick=a.quick)
     print(format_step_table(rows))
+    print()
+    print(format_step_split_table(rows))

@@ -30,3 +30,16 @@ def test_kda_scaling_bench_rows():
     assert [r["T"] for r in rows] == [64, 128]
     assert all(r["chunk_fwd_us"] > 0 and r["former_fwdbwd_us"] > 0 for r in rows)
     assert "recurrent fwd / chunk fwd" in format_kda_scaling_table(rows)
+
+
+def test_step_bench_splits_each_step_into_its_parts():
+    from attnres.bench.step import STEP_PARTS, format_step_split_table, run_step_bench
+    rows = run_step_bench(quick=True)
+    assert [r["variant"] for r in rows] == ["prenorm", "block", "full"]
+    for r in rows:
+        parts = [r[f"{p}_ms"] for p in STEP_PARTS]
+        assert all(t > 0 for t in parts)
+        # medians of the parts need not add up to the median step, but cannot exceed it by much
+        assert sum(parts) <= 1.5 * r["step_ms"]
+    assert all(rows[0][f"{p}_ratio"] == 1.0 for p in STEP_PARTS)
+    assert "| block (S=4) |" in format_step_split_table(rows)

@@ -154,6 +154,8 @@ BAD_INPUT = {
     "device-mps": (_args("--device", "mps"), 2, "device 'mps': unsupported; use cpu or cuda",
                    "config subprocess"),
     "device-foo": (_args("--device", "foo"), 2, "device 'foo': not a device name", "config"),
+    "bench-threads=-1": (lambda tmp, tiny: ["bench", "--threads", "-1", "--quick"], 2,
+                         "--threads must be >= 0", "config"),
     "device-cuda-absent": (_args("--device", "cuda"), 2, "CUDA is not available", "config"),
     "compare-seq_len>preset": (_compare("--seq-len", "200"), 2,
                                "train.seq_len = 200 exceeds model.max_seq_len = 128 (preset tiny)",

@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small")
     p.add_argument("--quick", action="store_true", help="tiny shapes, seconds")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default); 1 is steadiest on a shared machine")
     _add_device_args(p)
 
     p = sub.add_parser("scaling", help="scaling ladder: baseline vs Full vs Block, fits L = A*C^-alpha",
@@ -361,7 +363,14 @@ def _convert(args) -> int:
 
 
 def _bench(args) -> int:
+    import torch
+
     from attnres.bench.run import run_benchmarks
+    from attnres.config import ConfigError
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     text = run_benchmarks(what=[w.strip() for w in args.what.split(",")], preset=args.preset,
                           quick=args.quick, device=args.device, dtype=args.dtype,
                           data_mb=args.data_mb, data_workers=args.data_workers,

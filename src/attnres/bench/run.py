@@ -32,11 +32,12 @@ def run_benchmarks(what=("op", "step"), preset: str = "small", quick: bool = Fal
         parts += [f"### Depth-attention op, forward + backward (B={r['batch']}, T={r['seq']}, d={r['d']}, "
                   f"{r['dtype']})", "", format_op_table(rows), ""]
     if "step" in what:
-        from attnres.bench.step import format_step_table, run_step_bench
+        from attnres.bench.step import format_step_split_table, format_step_table, run_step_bench
         rows = run_step_bench(preset=preset, device=dev, dtype=torch_dtype, quick=quick)
         r = rows[0]
         parts += [f"### Training step, `{r['preset']}` preset (B={r['batch']}, T={r['seq']}, "
-                  f"{r['dtype']}, Muon + AdamW)", "", format_step_table(rows), ""]
+                  f"{r['dtype']}, Muon + AdamW)", "", format_step_table(rows), "",
+                  format_step_split_table(rows), ""]
     if "kda" in what:
         from attnres.bench.kda import format_kda_table, run_kda_bench
         from attnres.bench.kda import format_kda_scaling_table, run_kda_scaling_bench

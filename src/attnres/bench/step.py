@@ -18,6 +18,7 @@ from attnres.models.dense import DenseLM, dense_config
 from attnres.optim import build_optimizer
 
 VARIANTS = ("prenorm", "block", "full")
+STEP_PARTS = ("forward", "backward", "optimizer")
 
 
 def _sync(device: torch.device) -> None:
@@ -29,7 +30,9 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
                    batch: int = 8, seq: int | None = None, repeats: int = 10, warmup: int = 2,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                    impl: str = "recompute", quick: bool = False) -> list[dict]:
-    """One row per variant: median step ms (forward, backward, Muon/AdamW step) and peak bytes."""
+    """One row per variant: median step ms, its forward / backward / optimizer (Muon + AdamW)
+    parts (`forward_ms`, ..., and each part's paired ratio to the first variant's,
+    `forward_ratio`, ...), and peak bytes."""
     device = torch.device(device)
     if quick:
         preset, batch, seq, repeats, warmup = "tiny", 2, 32, 2, 1
@@ -46,17 +49,26 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
         def step(model=model, opt=opt, x=x, autocast=autocast):
+            """One training step; returns the ms of its forward, backward and optimizer parts."""
+            t0 = time.perf_counter()
             with autocast:
                 _, loss = model(x[:, :-1], x[:, 1:])
+            _sync(device)
+            t1 = time.perf_counter()
             loss.backward()
+            _sync(device)
+            t2 = time.perf_counter()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            _sync(device)
+            return tuple(1e3 * t for t in (t1 - t0, t2 - t1, time.perf_counter() - t2))
 
         steps[name] = (step, model)
     for _ in range(warmup):
         for step, _ in steps.values():
             step()
     times = {name: [] for name in variants}
+    parts = {name: [] for name in variants}  # (forward, backward, optimizer) ms per repeat
     names = list(steps)
     for k in range(repeats):
         # a rotating order, so that no arm always runs right after the same other arm
@@ -64,7 +76,7 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
             step = steps[name][0]
             _sync(device)
             t0 = time.perf_counter()
-            step()
+            parts[name].append(step())
             _sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
     rows = []
@@ -79,7 +91,12 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
                              t / b for t, b in zip(times[name], times[names[0]])),
                          spread_ms=statistics.quantiles(times[name], n=4)[2] - statistics.quantiles(times[name], n=4)[0]
                          if len(times[name]) >= 2 else 0.0,
-                         peak_bytes=peak, params=sum(p.numel() for p in model.parameters())))
+                         peak_bytes=peak, params=sum(p.numel() for p in model.parameters()),
+                         **{f"{part}_ms": statistics.median(r[i] for r in parts[name])
+                            for i, part in enumerate(STEP_PARTS)},
+                         **{f"{part}_ratio": statistics.median(
+                             r[i] / b[i] for r, b in zip(parts[name], parts[names[0]]))
+                            for i, part in enumerate(STEP_PARTS)}))
     return rows
 
 
@@ -95,4 +112,15 @@ def format_step_table(rows: list[dict]) -> str:
         lines.append(f"| {name} | {r['params']:,} | {r['step_ms']:.1f} ({r['spread_ms']:.1f}) | {t_ratio} | "
                      f"{r['paired_ratio']:.3f} | "
                      f"{r['peak_bytes'] / 2**20:.1f} | {m_ratio} |")
+    return "\n".join(lines)
+
+
+def format_step_split_table(rows: list[dict]) -> str:
+    """Forward / backward / optimizer ms of each variant, with each part's paired ratio."""
+    lines = ["| variant | forward ms (× prenorm) | backward ms (× prenorm) | optimizer ms (× prenorm) "
+             "| step: paired time / prenorm |", "|:---|---:|---:|---:|---:|"]
+    for r in rows:
+        name = r["variant"] + (f" (S={r['block_size']})" if r["block_size"] else "")
+        cells = [f"{r[f'{p}_ms']:.1f} ({r[f'{p}_ratio']:.3f})" for p in STEP_PARTS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['paired_ratio']:.3f} |")
     return "\n".join(lines)

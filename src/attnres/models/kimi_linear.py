@@ -27,7 +27,7 @@ class KimiLinearConfig(DecoderConfig):
     kda_head_dim: int = 32           # d_k = d_v
     conv_size: int = 4
     gate_rank: int = 32              # r_f = r_g
-    chunk_size: int = 64
+    chunk_size: int = 16           # C of chunk_kda (docs/BENCHMARKS.md#kda-chunk-size)
     kda_mode: str = "auto"           # auto | chunk | recurrent
     # MLA
     mla_heads: int = 4
