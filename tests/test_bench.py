@@ -30,3 +30,16 @@ def test_kda_scaling_bench_rows():
     assert [r["T"] for r in rows] == [64, 128]
     assert all(r["chunk_fwd_us"] > 0 and r["former_fwdbwd_us"] > 0 for r in rows)
     assert "recurrent fwd / chunk fwd" in format_kda_scaling_table(rows)
+
+
+def test_qk_clip_tracking_bench_rows_and_same_decisions():
+    """The tracking arms of benchmarks/bench_step.py --qk-clip: at a τ that clips, the exact and
+    the bound arms (same weights, same batch) clip the same heads."""
+    from attnres.bench.step import format_qk_clip_table, run_qk_clip_bench
+    rows = run_qk_clip_bench("tiny", batch=2, seq=32, repeats=2, warmup=1, tau=0.05,
+                             arms=("off", "exact", "bound", "bound-all-over"))
+    by_arm = {r["arm"]: r for r in rows}
+    assert list(by_arm) == ["off", "exact", "bound", "bound-all-over"]
+    assert by_arm["off"]["clipped_heads"] == 0 and by_arm["exact"]["clipped_heads"] > 0
+    assert by_arm["bound"]["clipped_heads"] == by_arm["exact"]["clipped_heads"]
+    assert "| bound |" in format_qk_clip_table(rows)
