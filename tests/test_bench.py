@@ -43,3 +43,39 @@ def test_step_bench_splits_each_step_into_its_parts():
         assert sum(parts) <= 1.5 * r["step_ms"]
     assert all(rows[0][f"{p}_ratio"] == 1.0 for p in STEP_PARTS)
     assert "| block (S=4) |" in format_step_split_table(rows)
+
+
+def test_qk_clip_tracking_bench_rows_and_same_decisions():
+    """The tracking arms of benchmarks/bench_step.py --qk-clip: at a τ that clips, the exact and
+    the bound arms (same weights, same batch) clip the same heads."""
+    from attnres.bench.step import format_qk_clip_table, run_qk_clip_bench
+    rows = run_qk_clip_bench("tiny", batch=2, seq=32, repeats=2, warmup=1, tau=0.05,
+                             arms=("off", "exact", "bound", "bound-all-over"))
+    by_arm = {r["arm"]: r for r in rows}
+    assert list(by_arm) == ["off", "exact", "bound", "bound-all-over"]
+    assert by_arm["off"]["clipped_heads"] == 0 and by_arm["exact"]["clipped_heads"] > 0
+    assert by_arm["bound"]["clipped_heads"] == by_arm["exact"]["clipped_heads"]
+    assert "| bound |" in format_qk_clip_table(rows)
+
+
+def test_kda_chunk_size_script_prints_one_row_per_chunk_size():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_kda_chunk_size.py"
+    out = subprocess.run([sys.executable, str(script), "--shape", "1,32,1,8", "--repeats", "1",
+                          "--chunk-sizes", "8,16", "--threads", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split("|")[1].strip() for r in rows] == ["8", "16"]
+    assert rows[1].split("|")[3].strip() == "1.00"      # the reference arm over itself
+    assert "paired time / C = 16" in out
+
+
+def test_decode_kernel_count_rows():
+    from attnres.bench.decode import count_decode_kernels, format_decode_kernels_table
+    rows = count_decode_kernels("tiny", new_tokens=2)
+    assert [r["arm"] for r in rows] == ["prenorm", "block", "full"]
+    # the reads add kernels to every sublayer: an AttnRes arm launches more than the baseline
+    assert all(r["aten_calls"] > rows[0]["aten_calls"] for r in rows[1:])
+    assert "| block |" in format_decode_kernels_table(rows)

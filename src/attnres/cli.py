@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--microbatches", type=int, default=None, metavar="M",
                    help="pipeline micro-batches per step (parallel.microbatches; default: "
                    "the smallest M >= P dividing the batch that the schedule accepts)")
+    p.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
+                   help="torch.compile each decoder layer (train.compile; default off; "
+                   "docs/DISTRIBUTED.md#compile)")
 
     p = sub.add_parser("generate", help="sample text from a checkpoint")
     p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
@@ -273,6 +276,8 @@ def _train(args) -> int:
             overrides.append(f"parallel.{key}={value}")
     if args.pp_cache is not None:
         overrides.append(f"parallel.pp_cache={str(args.pp_cache).lower()}")
+    if args.compile is not None:
+        overrides.append(f"train.compile={str(args.compile).lower()}")
     if args.resume:  # the checkpoint's config, changed only where that is safe (docs/RELIABILITY.md)
         from attnres.train.trainer import config_from_checkpoint
         saved, _, meta = config_from_checkpoint(args.resume)

@@ -161,6 +161,9 @@ class TrainConfig:
     progress: bool = True
     analysis: bool = True            # depth analyses on a validation batch after training
     tensorboard: bool = True         # written when the tensorboard package is installed
+    # torch.compile each decoder layer before DDP / FSDP2 wrapping (docs/DISTRIBUTED.md#compile);
+    # not with parallel.pp > 1
+    compile: bool = False
 
 
 @dataclass
@@ -327,7 +330,7 @@ def _check_schedule(cfg: Config) -> None:
 # trajectory of the steps already taken (docs/RELIABILITY.md#resume).
 RESUME_SAFE = {("train", k) for k in ("steps", "eval_every", "eval_batches", "log_every",
                                       "ckpt_every", "progress", "analysis", "tensorboard",
-                                      "device", "max_skipped_steps", "out_dir")} \
+                                      "device", "max_skipped_steps", "out_dir", "compile")} \
     | {("data", "cache_dir")}
 
 
@@ -351,6 +354,9 @@ def _check_pipeline(cfg: Config) -> None:
     if par.microbatches < 0:
         raise ConfigError(f"parallel.microbatches must be >= 0 (0 = automatic), "
                           f"got {par.microbatches}")
+    if par.pp > 1 and cfg.train.compile:
+        raise ConfigError(f"train.compile applies to parallel.pp = 1 (pipeline stages run the "
+                          f"layers' sublayers on their own), got parallel.pp = {par.pp}")
     if par.pp == 1:
         if par.virtual_stages != 1 or par.microbatches:
             raise ConfigError("parallel.virtual_stages and parallel.microbatches apply only to "

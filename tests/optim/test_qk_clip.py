@@ -1,5 +1,7 @@
 """QK-Clip (docs/OPTIM.md#qk-clip): per-head max logits, the γ rule, the per-head weight scalings."""
 
+import contextlib
+import copy
 import math
 
 import pytest
@@ -9,7 +11,15 @@ from torch import nn
 
 from attnres import config
 from attnres.bench.qk_clip import train_max_logits
-from attnres.layers.attention import Attention, apply_rotary, rotary_tables, visible_max_logit
+from attnres.layers import attention as attention_module
+from attnres.layers.attention import (
+    Attention,
+    apply_rotary,
+    max_logit_bound,
+    max_logit_slack,
+    rotary_tables,
+    visible_max_logit,
+)
 from attnres.layers.mla import MultiHeadLatentAttention
 from attnres.optim.qk_clip import (
     apply_qk_clip,
@@ -356,3 +366,166 @@ def test_trainer_clips_resets_and_logs(tiny_overrides, tmp_path):
                   run_dir=tmp_path / "off")
     assert not off.qk_clip
     assert not any(m.track_max_logit for _, m in attention_layers(off.model))
+
+
+# --- (6) tracking with the bound (docs/OPTIM.md#qk-clip-tracking-cost) -------------------------
+
+def track(module, xs, tau, autocast=None):
+    """[n_layers, H] recorded by training-mode forwards over the batches `xs`, tracking with
+    `tau` (None: exact; +inf: every head's bound)."""
+    module.train()
+    enable_tracking(module, tau=tau)
+    reset_max_logits(module)
+    with torch.no_grad(), (autocast or contextlib.nullcontext()):
+        for x in xs:
+            module(x)
+    return collect_max_logits(module)
+
+
+@pytest.mark.parametrize("chunk_elems", [None, 40], ids=["one-chunk", "chunked"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_bound_tracking_makes_the_exact_decisions(kind, chunk_elems, monkeypatch):
+    """Heads at or below τ by their bound skip the exact max, the others get it: γ and every
+    weight after the clip are bitwise those of exact tracking. Negative control: recording the
+    bound for every head (τ = +inf in the layers) changes γ."""
+    if chunk_elems:  # queries one or two at a time, the subset calls included
+        monkeypatch.setattr(attention_module, "MAX_LOGIT_CHUNK_ELEMS", chunk_elems)
+    layer, xs = LAYERS[kind](), [make_x(2, 9, seed=1), make_x(3, 7, seed=2)]
+    exact, bound = track(layer, xs, None)[0], track(layer, xs, math.inf)[0]
+    tau = bound[:2].max().item()                      # the first key group lies under τ
+    assert (bound >= exact).all() and (exact > tau).sum() >= 1 and (bound <= tau).sum() >= 2
+    runs = {}
+    for name, layer_tau in (("exact", None), ("bound", tau), ("control", math.inf)):
+        m = copy.deepcopy(layer)
+        recorded = track(m, xs, layer_tau)[0]
+        runs[name] = recorded, apply_qk_clip(m, tau), snapshot(m)
+    (rec, stats, weights), (ref_rec, ref, ref_weights) = runs["bound"], runs["exact"]
+    assert ref.exact and not stats.exact and "max_logit_bound" in stats.to_record()
+    assert stats.n_clipped == ref.n_clipped >= 1
+    assert torch.equal(stats.gamma, ref.gamma)
+    assert all(torch.equal(weights[n], ref_weights[n]) for n in ref_weights)
+    skipped = bound <= tau
+    assert torch.equal(rec[~skipped], ref_rec[~skipped])        # the exact path: the same values
+    assert torch.equal(rec[skipped], bound[skipped]) and (rec[skipped] > ref_rec[skipped]).all()
+    assert not torch.equal(runs["control"][1].gamma, ref.gamma)
+
+
+def test_the_bound_is_an_upper_bound_and_tight_for_aligned_vectors():
+    """scale·max‖q‖·max‖k‖·(1 + slack) ≥ every fp32-computed scaled logit, masked or not: random
+    q, k (GQA, norms over six decades) and adversarial ones, k_j parallel to q_i, where
+    Cauchy–Schwarz is an equality: there the bound is within its slack of the exact max, so a
+    bound too small (or too loose) by more than the slack fails."""
+    gen = torch.Generator().manual_seed(0)
+    slack = max_logit_slack(torch.float32)
+    for B, Hq, Hk, T, hd in [(2, 4, 2, 9, 8), (1, 8, 1, 33, 64), (3, 2, 2, 5, 128)]:
+        for trial in range(5):
+            q = torch.randn(B, Hq, T, hd, generator=gen) * 10 ** (torch.rand(B, Hq, T, 1, generator=gen) * 6 - 3)
+            k = torch.randn(B, Hk, T, hd, generator=gen) * 10 ** (torch.rand(B, Hk, T, 1, generator=gen) * 6 - 3)
+            if trial >= 2:  # adversarial: every key parallel to the longest query of its group's first head
+                first = q[:, ::Hq // Hk]                                          # [B, Hk, T, hd]
+                longest = first.norm(dim=-1).argmax(dim=-1)[..., None, None].expand(-1, -1, 1, hd)
+                k = first.gather(2, longest) * torch.rand(B, Hk, T, 1, generator=gen) * 3
+            bound = max_logit_bound(q.square().sum(-1), k.square().sum(-1), 0.3, slack)
+            scores = q @ k.repeat_interleave(Hq // Hk, dim=1).transpose(-1, -2) * 0.3   # fp32, all pairs
+            assert (bound >= scores.abs().amax(dim=(0, 2, 3))).all(), (B, Hq, Hk, trial)
+            if trial >= 2:
+                top = (q.double() @ k.double().repeat_interleave(Hq // Hk, 1).transpose(-1, -2)
+                       * 0.3).amax(dim=(0, 2, 3))
+                firsts = slice(None, None, Hq // Hk)          # the heads the keys align with
+                torch.testing.assert_close(bound[firsts].double(), top[firsts] * (1 + slack),
+                                           rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("case", ["mha", "gqa", "mla-rope", "mla-bf16", "mla-absorbed"])
+def test_layers_record_an_upper_bound(case):
+    """τ = +inf: every head records its bound, which is ≥ the exact max; also for MLA's bf16
+    scores (autocast) and its absorbed path (a cache in training mode)."""
+    layer = LAYERS["mla-rope" if case.startswith("mla") else case]()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if case == "mla-bf16" else None
+    for seed in range(4):
+        xs = [make_x(2, 9, seed=seed) * (1 + 4 * seed)]
+        if case == "mla-absorbed":
+            cache = layer.empty_cache()
+            with torch.no_grad():
+                layer.train()(make_x(2, 5, seed=50 + seed), cache)
+            layer.decode = "absorbed"
+
+            def run(tau, cache=cache):
+                enable_tracking(layer, tau=tau)
+                reset_max_logits(layer)
+                with torch.no_grad():
+                    layer(xs[0], copy.deepcopy(cache))
+                return collect_max_logits(layer)[0]
+            exact, bound = run(None), run(math.inf)
+        else:
+            exact, bound = track(layer, xs, None, autocast)[0], track(layer, xs, math.inf, autocast)[0]
+        assert torch.isfinite(exact).all() and (bound >= exact).all(), (case, seed)
+
+
+def test_the_exact_max_is_computed_only_for_heads_over_their_bound(monkeypatch):
+    """Dense GQA: τ above every bound: no q·kᵀ at all; below every bound: one call over all
+    heads; in between: one call over the key groups with a head over τ."""
+    layer, xs = make_attention(2), [make_x(2, 9, seed=1)]
+    bound = track(layer, xs, math.inf)[0]
+    calls = []
+    real = attention_module.visible_max_logit
+
+    def spy(q, k, *args):
+        calls.append((q.shape[1], k.shape[1]))
+        return real(q, k, *args)
+
+    monkeypatch.setattr(attention_module, "visible_max_logit", spy)
+    for tau, want in ((bound.max().item(), []), (-math.inf, [(H, 2)]),
+                      (bound[:2].max().item(), [(2, 1)])):
+        calls.clear()
+        track(layer, xs, tau)
+        assert calls == want, tau
+
+
+def test_trainer_tracks_exactly_on_logged_steps_and_decides_exactly_on_the_others(
+        tiny_overrides, tmp_path, monkeypatch):
+    """Two runs of the same GQA model, one tracking exactly every step (log_every 1), one with
+    log_every 2 (the bound on steps 1 and 3): after every step the weights are bitwise the same
+    and the same heads are clipped; on the logged steps 2, 4, 5 the per-head maxima and the
+    record are equal; on steps 1 and 3 the record is named `max_logit_bound` and some heads hold
+    a value strictly above the exact one (negative control: the bound did run)."""
+    from attnres.train import trainer as trainer_module
+
+    stats = []
+
+    def keep(*args, **kwargs):
+        stats.append(apply_qk_clip(*args, **kwargs))
+        return stats[-1]
+
+    monkeypatch.setattr(trainer_module, "apply_qk_clip", keep)
+    overrides = tiny_overrides + ["model.n_heads=4", "model.n_kv_heads=2", "train.steps=5",
+                                  "optim.qk_clip_tau=0.3"]
+    runs = []
+    for log_every in (1, 2):
+        t = trainer_module.Trainer(config.load(overrides=overrides + [f"train.log_every={log_every}"]),
+                                   run_dir=tmp_path / f"log{log_every}")
+        with torch.no_grad():  # spread the heads: two far under τ, two over it
+            for _, m in attention_layers(t.model):
+                m.q_proj.weight.view(4, -1, m.q_proj.weight.shape[1]).mul_(
+                    torch.tensor([0.1, 0.5, 4.0, 10.0])[:, None, None])
+        runs.append(t)
+    ref, t = runs
+    above = clipped = 0
+    for step in range(1, 6):
+        for run in runs:
+            run.train_step()
+            run.step += 1
+        want, got = stats[-2:]
+        assert all(torch.equal(a, b) for a, b in zip(ref.model.state_dict().values(),
+                                                     t.model.state_dict().values())), step
+        assert torch.equal(got.gamma, want.gamma) and want.exact, step
+        clipped += want.n_clipped
+        if step in (2, 4, 5):
+            assert got.exact and torch.equal(got.max_logit, want.max_logit), step
+            assert t._qk_record == ref._qk_record, step
+        else:
+            assert not got.exact and "max_logit" not in t._qk_record
+            assert t._qk_record["max_logit_bound"] == got.to_record()["max_logit_bound"]
+            assert (got.max_logit >= want.max_logit).all(), step
+            above += int((got.max_logit > want.max_logit).sum())
+    assert clipped >= 1 and above >= 1

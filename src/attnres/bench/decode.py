@@ -140,3 +140,42 @@ def format_residual_decode_table(rows: list[dict]) -> str:
         same = "" if r["same_tokens"] is None else ("yes" if r["same_tokens"] else "**no**")
         lines.append(f"| {r['arm']} | {r['tok_s']:,.1f} | {r['ratio']:.3f} | {same} |")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def count_decode_kernels(preset: str = "small", arms=RESIDUAL_ARMS, new_tokens: int = 50,
+                         prompt: int = 16, device="cpu") -> list[dict]:
+    """aten calls and profiled self-CPU µs per decoded token, one row per residual arm (same
+    setting as `run_residual_decode_bench`): at batch 1 each call is a kernel launch of a few
+    µs, so the count is the floor a read's cost cannot go below without fusing kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    device = torch.device(device)
+    rows = []
+    for arm in arms:
+        torch.manual_seed(0)
+        cfg = dense_config(preset, residual=ResidualConfig(arm), max_seq_len=prompt + new_tokens + 8)
+        model = DenseLM(cfg).to(device).eval()
+        gen = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, cfg.vocab_size, (1, prompt), generator=gen).to(device)
+        cache = model.new_cache()
+        nxt = model(idx, cache=cache)[:, -1:].argmax(-1)
+        for _ in range(4):                                # warm-up, not profiled
+            nxt = model(nxt, cache=cache)[:, -1:].argmax(-1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(new_tokens):
+                nxt = model(nxt, cache=cache)[:, -1:].argmax(-1)
+        events = prof.key_averages()
+        rows.append(dict(arm=arm, preset=preset, new_tokens=new_tokens,
+                         aten_calls=sum(e.count for e in events if e.key.startswith("aten::")) / new_tokens,
+                         self_cpu_us=sum(e.self_cpu_time_total for e in events) / new_tokens))
+    return rows
+
+
+def format_decode_kernels_table(rows: list[dict]) -> str:
+    lines = ["| residual | aten calls / token | × prenorm | profiled self-CPU µs / token |",
+             "|:---|---:|---:|---:|"]
+    base = rows[0]["aten_calls"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['aten_calls']:,.0f} | {r['aten_calls'] / base:.2f} "
+                     f"| {r['self_cpu_us']:,.0f} |")
+    return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Forward + backward throughput of `chunk_kda` against `recurrent_kda`, side by side."""
 
+import statistics
 import time
 
 import torch
@@ -79,20 +80,21 @@ FORMER = dict(chunk_size=64, subchunk_size=16, segment_size=0)
 
 
 def run_kda_scaling_bench(T_values=(512, 2048, 8192), B=1, H=4, K=64, V=64, device="cpu",
-                          repeats=4, recurrent_max_T=2048, quick=False) -> list[dict]:
+                          repeats=6, recurrent_max_T=2048, quick=False) -> list[dict]:
     """Time per token of `chunk_kda` (defaults), of its former chunking (`FORMER`) and, up to
     `recurrent_max_T`, of `recurrent_kda`: forward alone and forward + backward, per T.
 
-    Best of `repeats` (after a warm-up), every repeat running every (T, arm, pass) in the same
-    order, so that load drifting over the run hits every T alike; a shorter T runs
-    min(8, max(T) // T) times per repeat, so that every T gets about as many seconds of samples
-    (the minimum of short runs is the more easily disturbed by other processes)."""
+    The median over `repeats` (after a warm-up), every repeat running every (T, arm, pass) in
+    the same order, so that load drifting over the run hits every T alike; a shorter T runs
+    min(8, max(T) // T) times per repeat, so that every T gets about as many seconds of samples.
+    A median, not a minimum: the minimum of the more numerous short-T samples is the lower by
+    chance alone, which read as time per token growing with T (docs/BENCHMARKS.md#kda-scaling-in-t)."""
     if quick:
         T_values, repeats, recurrent_max_T = (64, 128), 1, 128
     inputs = {T: _inputs(B, T, H, K, V, device) for T in T_values}
     arms = {"chunk": (chunk_kda, {}), "former": (chunk_kda, FORMER),
             "recurrent": (recurrent_kda, {})}
-    best = {}
+    samples = {}
     for i in range(repeats + 1):                          # repeat 0 is the warm-up
         for T, x in inputs.items():
             for name, (op, kw) in arms.items():
@@ -110,10 +112,11 @@ def run_kda_scaling_bench(T_values=(512, 2048, 8192), B=1, H=4, K=64, V=64, devi
                         _sync(device)
                         key = (T, f"{name}_{'fwdbwd' if backward else 'fwd'}_us")
                         if i:
-                            best[key] = min(best.get(key, float("inf")),
-                                            (time.perf_counter() - start) / (B * T) * 1e6)
+                            samples.setdefault(key, []).append(
+                                (time.perf_counter() - start) / (B * T) * 1e6)
     return [dict(T=T, B=B, H=H, K=K, V=V, device=str(device), threads=torch.get_num_threads(),
-                 **{k: t for (t_, k), t in best.items() if t_ == T}) for T in T_values]
+                 **{k: statistics.median(t) for (t_, k), t in samples.items() if t_ == T})
+            for T in T_values]
 
 
 def format_kda_scaling_table(rows) -> str:

@@ -7,6 +7,8 @@ to the baseline is what to read, not the absolute time.
 
 from __future__ import annotations
 
+import functools
+import math
 import statistics
 import time
 
@@ -26,78 +28,162 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4,
-                   batch: int = 8, seq: int | None = None, repeats: int = 10, warmup: int = 2,
-                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   impl: str = "recompute", quick: bool = False) -> list[dict]:
-    """One row per variant: median step ms, its forward / backward / optimizer (Muon + AdamW)
-    parts (`forward_ms`, ..., and each part's paired ratio to the first variant's,
-    `forward_ratio`, ...), and peak bytes."""
-    device = torch.device(device)
-    if quick:
-        preset, batch, seq, repeats, warmup = "tiny", 2, 32, 2, 1
-    steps = {}
-    for name in variants:
-        torch.manual_seed(0)
-        residual = ResidualConfig(name, block_size=block_size if name == "block" else 0, impl=impl)
-        cfg = dense_config(preset, residual=residual)
-        model = DenseLM(cfg).to(device)
-        opt = build_optimizer(model, lr=1e-3)
-        T = seq or cfg.max_seq_len
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randint(0, cfg.vocab_size, (batch, T + 1), generator=gen).to(device)
-        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-        def step(model=model, opt=opt, x=x, autocast=autocast):
-            """One training step; returns the ms of its forward, backward and optimizer parts."""
-            t0 = time.perf_counter()
-            with autocast:
-                _, loss = model(x[:, :-1], x[:, 1:])
-            _sync(device)
-            t1 = time.perf_counter()
-            loss.backward()
-            _sync(device)
-            t2 = time.perf_counter()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync(device)
-            return tuple(1e3 * t for t in (t1 - t0, t2 - t1, time.perf_counter() - t2))
-
-        steps[name] = (step, model)
+def _interleave(steps: dict, repeats: int, warmup: int, device: torch.device
+                ) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, ...]]]]:
+    """Per-arm step times (ms) over `repeats` rounds, one step of every arm per round, and
+    each step's (forward, backward, optimizer) ms as its step function returns them."""
     for _ in range(warmup):
-        for step, _ in steps.values():
+        for step in steps.values():
             step()
-    times = {name: [] for name in variants}
-    parts = {name: [] for name in variants}  # (forward, backward, optimizer) ms per repeat
+    times = {name: [] for name in steps}
+    parts = {name: [] for name in steps}
     names = list(steps)
     for k in range(repeats):
         # a rotating order, so that no arm always runs right after the same other arm
         for name in names[k % len(names):] + names[:k % len(names)]:
-            step = steps[name][0]
             _sync(device)
             t0 = time.perf_counter()
-            parts[name].append(step())
+            parts[name].append(steps[name]())
             _sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
+    return times, parts
+
+
+def _paired(times: list[float], base: list[float]) -> float:
+    """Median over rounds of this round's time over the base arm's."""
+    return statistics.median(t / b for t, b in zip(times, base))
+
+
+def _spread(times: list[float]) -> float:
+    if len(times) < 2:
+        return 0.0
+    q = statistics.quantiles(times, n=4)
+    return q[2] - q[0]
+
+
+def _setup(preset, name, block_size, impl, device, batch, seq, dtype):
+    """The variant's model (seed 0), its optimizer, a fixed batch and the step function."""
+    torch.manual_seed(0)
+    residual = ResidualConfig(name, block_size=block_size if name == "block" else 0, impl=impl)
+    cfg = dense_config(preset, residual=residual)
+    model = DenseLM(cfg).to(device)
+    opt = build_optimizer(model, lr=1e-3)
+    T = seq or cfg.max_seq_len
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (batch, T + 1), generator=gen).to(device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def step(after=None):
+        """One training step; returns the ms of its forward, backward and optimizer parts
+        (`after`, QK-Clip's hook, counts as optimizer)."""
+        t0 = time.perf_counter()
+        with autocast:
+            _, loss = model(x[:, :-1], x[:, 1:])
+        _sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        opt.step()
+        if after is not None:
+            after()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        return tuple(1e3 * t for t in (t1 - t0, t2 - t1, time.perf_counter() - t2))
+
+    return model, step
+
+
+def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4,
+                   batch: int = 8, seq: int | None = None, repeats: int = 10, warmup: int = 2,
+                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                   impl: str = "recompute", quick: bool = False, compile: bool = False) -> list[dict]:
+    """One row per variant: median step ms, its forward / backward / optimizer (Muon + AdamW)
+    parts (`forward_ms`, ..., and each part's paired ratio to the first variant's,
+    `forward_ratio`, ...), and peak bytes.
+
+    compile: also a `<variant>+compile` arm per variant, its mixers and FFNs compiled as
+    `train.compile` does (attnres.parallel.modes.compile_layers), interleaved with the eager
+    arms; its row adds `compile_s`, the first step's time (compilation included) and
+    `eager_ratio`, the paired step-time ratio to its eager arm. Peak memory is not measured
+    for compiled arms (0)."""
+    from attnres.parallel.modes import compile_layers
+    device = torch.device(device)
+    if quick:
+        preset, batch, seq, repeats, warmup = "tiny", 2, 32, 2, 1
+    steps, compile_s = {}, {}
+    for name in variants:
+        steps[name] = _setup(preset, name, block_size, impl, device, batch, seq, dtype)
+        if compile:
+            model, step = _setup(preset, name, block_size, impl, device, batch, seq, dtype)
+            compile_layers(model)
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            compile_s[name + "+compile"] = time.perf_counter() - t0
+            steps[name + "+compile"] = model, step
+    times, parts = _interleave({n: s for n, (_, s) in steps.items()}, repeats, warmup, device)
+    first = next(iter(steps))
     rows = []
-    for name, (step, model) in steps.items():
-        peak = measure_peak(step, device)
-        rows.append(dict(variant=name, preset=preset, batch=batch, seq=seq or model.cfg.max_seq_len,
-                         block_size=block_size if name == "block" else None, impl=impl,
-                         device=str(device), dtype=str(dtype).removeprefix("torch."),
-                         step_ms=statistics.median(times[name]),
-                         # median over repeats of this repeat's time over the first arm's
-                         paired_ratio=statistics.median(
-                             t / b for t, b in zip(times[name], times[names[0]])),
-                         spread_ms=statistics.quantiles(times[name], n=4)[2] - statistics.quantiles(times[name], n=4)[0]
-                         if len(times[name]) >= 2 else 0.0,
-                         peak_bytes=peak, params=sum(p.numel() for p in model.parameters()),
-                         **{f"{part}_ms": statistics.median(r[i] for r in parts[name])
-                            for i, part in enumerate(STEP_PARTS)},
-                         **{f"{part}_ratio": statistics.median(
-                             r[i] / b[i] for r, b in zip(parts[name], parts[names[0]]))
-                            for i, part in enumerate(STEP_PARTS)}))
+    for name, (model, step) in steps.items():
+        variant = name.removesuffix("+compile")
+        peak = 0 if name in compile_s else measure_peak(step, device)
+        row = dict(variant=name, preset=preset, batch=batch, seq=seq or model.cfg.max_seq_len,
+                   block_size=block_size if variant == "block" else None, impl=impl,
+                   device=str(device), dtype=str(dtype).removeprefix("torch."),
+                   step_ms=statistics.median(times[name]),
+                   paired_ratio=_paired(times[name], times[first]),
+                   spread_ms=_spread(times[name]),
+                   peak_bytes=peak, params=sum(p.numel() for p in model.parameters()))
+        for i, part in enumerate(STEP_PARTS):
+            row[f"{part}_ms"] = statistics.median(p[i] for p in parts[name])
+            row[f"{part}_ratio"] = statistics.median(
+                p[i] / b[i] for p, b in zip(parts[name], parts[first]))
+        if name in compile_s:
+            row.update(compile_s=compile_s[name], eager_ratio=_paired(times[name], times[variant]))
+        rows.append(row)
     return rows
+
+
+QK_ARMS = ("off", "exact", "bound")
+
+
+def run_qk_clip_bench(preset: str = "small", batch: int = 8, seq: int | None = None,
+                      repeats: int = 20, warmup: int = 2, device: str | torch.device = "cpu",
+                      tau: float = 100.0, arms=QK_ARMS) -> list[dict]:
+    """QK-Clip's cost in the prenorm training step (docs/OPTIM.md#qk-clip-tracking-cost): arms
+    `off` (no tracking, no clip), `exact` (every head's max recomputed, then `apply_qk_clip`),
+    `bound` (heads under their Cauchy–Schwarz bound skip it; the trainer's non-logged steps) and
+    `bound-all-over` (τ in the layers below every bound: the bound plus the exact max of every
+    head, the worst case). Same weights and batch, interleaved; `paired_ratio` is over `off`."""
+    from attnres.optim.qk_clip import apply_qk_clip, enable_tracking
+    device = torch.device(device)
+    steps, counts = {}, {}
+    for arm in arms:
+        model, step = _setup(preset, "prenorm", 0, "recompute", device, batch, seq, torch.float32)
+        if arm != "off":
+            layer_tau = {"exact": None, "bound": tau, "bound-all-over": -math.inf}[arm]
+            enable_tracking(model, tau=layer_tau)
+            counts[arm] = []
+
+            def after(model=model, arm=arm):
+                counts[arm].append(apply_qk_clip(model, tau).n_clipped)
+            step = functools.partial(step, after)
+        steps[arm] = model, step
+    times, _ = _interleave({n: s for n, (_, s) in steps.items()}, repeats, warmup, device)
+    return [dict(arm=arm, preset=preset, batch=batch, seq=seq or model.cfg.max_seq_len,
+                 device=str(device), tau=tau, step_ms=statistics.median(times[arm]),
+                 spread_ms=_spread(times[arm]), paired_ratio=_paired(times[arm], times[arms[0]]),
+                 clipped_heads=sum(counts.get(arm, [])))
+            for arm, (model, _) in steps.items()]
+
+
+def format_qk_clip_table(rows: list[dict]) -> str:
+    lines = ["| arm | step ms (IQR) | paired time / off | cost, % of the step |", "|:---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['step_ms']:.1f} ({r['spread_ms']:.1f}) | "
+                     f"{r['paired_ratio']:.3f} | {100 * (r['paired_ratio'] - 1):+.1f} |")
+    return "\n".join(lines)
 
 
 def format_step_table(rows: list[dict]) -> str:
@@ -112,6 +198,11 @@ def format_step_table(rows: list[dict]) -> str:
         lines.append(f"| {name} | {r['params']:,} | {r['step_ms']:.1f} ({r['spread_ms']:.1f}) | {t_ratio} | "
                      f"{r['paired_ratio']:.3f} | "
                      f"{r['peak_bytes'] / 2**20:.1f} | {m_ratio} |")
+    compiled = [r for r in rows if "compile_s" in r]
+    if compiled:
+        lines += ["", "| compiled variant | compile s (first step) | paired time / eager |",
+                  "|:---|---:|---:|"]
+        lines += [f"| {r['variant']} | {r['compile_s']:.1f} | {r['eager_ratio']:.3f} |" for r in compiled]
     return "\n".join(lines)
 
 

@@ -87,6 +87,53 @@ def visible_max_logit(q: torch.Tensor, k: torch.Tensor, scale: float, start: int
     return best.reshape(H)
 
 
+def max_logit_slack(dtype: torch.dtype) -> float:
+    """Relative margin added to `max_logit_bound`: covers the rounding of the norms and of fp32
+    dot products up to head width 10⁴ (≤ h·2⁻²⁴ each) plus one rounding of scores held in
+    `dtype` (MLA's bf16 einsum under autocast: ≤ 2⁻⁸)."""
+    return 1e-3 + 2 * torch.finfo(dtype).eps
+
+
+@torch.no_grad()
+def max_logit_bound(q_sq: torch.Tensor, k_sq: torch.Tensor, scale: float,
+                    slack: float) -> torch.Tensor:
+    """Cauchy–Schwarz upper bound of each head's largest scaled logit (docs/OPTIM.md#qk-clip-tracking-cost):
+    scale·max_b(max_i ‖q_bi‖ · max_j ‖k_bj‖)·(1 + slack), in O(T·h) instead of O(T·S·h).
+
+    Args:
+        q_sq: [B, H, T] squared query norms (fp32+); k_sq: [B, H_k, S] squared key norms,
+            H_k dividing H (query head h reads key head h // (H / H_k)); T, S ≥ 1.
+
+    Returns:
+        [H] ≥ |scale·q_i·k_j| for every pair (i, j), masked or not, as computed in fp32.
+    """
+    H, H_k = q_sq.shape[1], k_sq.shape[1]
+    q_max = q_sq.amax(dim=2)                                            # [B, H]
+    k_max = k_sq.amax(dim=2).repeat_interleave(H // H_k, dim=1)         # [B, H]
+    return (q_max * k_max).sqrt().amax(dim=0) * (scale * (1 + slack))
+
+
+def tracked_max_logit(bound: torch.Tensor | None, tau: float | None, exact,
+                      group: int = 1) -> torch.Tensor:
+    """The per-head value a layer folds into `max_logit` (docs/OPTIM.md#qk-clip-tracking-cost).
+
+    tau None: `exact(None)`, every head's exact max. Else `bound` [H]: heads whose bound is ≤ τ
+    record the bound (no clip can happen, γ = 1 either way); the others, widened to whole
+    groups of `group` consecutive heads (GQA: the heads of one key head), `exact(heads)`, the
+    exact max of just those heads (a sorted LongTensor; None when it is all of them). One host
+    sync.
+    """
+    if tau is None:
+        return exact(None)
+    over = (bound > tau).view(-1, group).any(dim=1).repeat_interleave(group).nonzero().flatten()
+    if over.numel() == bound.numel():
+        return exact(None)
+    if over.numel():
+        bound = bound.clone()
+        bound[over] = exact(over)
+    return bound
+
+
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far by one attention layer, [B, H_kv, T_seen, h]."""
@@ -142,12 +189,40 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, qk_norm_eps)
         # QK-Clip statistics (docs/OPTIM.md#qk-clip): with track_max_logit, training forwards fold the
         # per-head max of the visible scaled logits into max_logit [H] (running max, init −inf).
+        # max_logit_tau set: heads whose bound stays ≤ it fold the bound instead, and
+        # max_logit_exact turns False (docs/OPTIM.md#qk-clip-tracking-cost).
         self.track_max_logit = False
+        self.max_logit_tau: float | None = None
+        self.max_logit_exact = True
         self.register_buffer("max_logit", torch.full((n_heads,), float("-inf")),
                              persistent=False)
 
     def reset_max_logit(self):
         self.max_logit.fill_(float("-inf"))
+        self.max_logit_exact = True
+
+    @torch.no_grad()
+    def _track_max_logit(self, q: torch.Tensor, k: torch.Tensor, start: int) -> None:
+        scale, tau = self.head_dim ** -0.5, self.max_logit_tau
+        B, H, _, _ = q.shape
+        # the chunk of the all-heads call, so a subset's per-slice matmuls (and values) are the same
+        chunk = max(1, MAX_LOGIT_CHUNK_ELEMS // (B * H * k.shape[2]))
+        bound = None
+        if tau is not None:
+            acc = torch.promote_types(q.dtype, torch.float32)
+            bound = max_logit_bound(q.to(acc).square().sum(-1), k.to(acc).square().sum(-1),
+                                    scale, max_logit_slack(acc))
+            self.max_logit_exact = False
+
+        group = self.n_heads // self.n_kv_heads
+
+        def exact(heads):  # whole key-head groups, so each matmul keeps the all-heads shape
+            if heads is None:
+                return visible_max_logit(q, k, scale, start, chunk)
+            return visible_max_logit(q[:, heads], k[:, heads[::group] // group], scale, start, chunk)
+
+        batch_max = tracked_max_logit(bound, tau, exact, group)
+        torch.maximum(self.max_logit, batch_max.to(self.max_logit.dtype), out=self.max_logit)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -170,8 +245,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)
         if self.training and self.track_max_logit:
-            batch_max = visible_max_logit(q, k, self.head_dim ** -0.5, start)
-            torch.maximum(self.max_logit, batch_max.to(self.max_logit.dtype), out=self.max_logit)
+            self._track_max_logit(q, k, start)
         if valid is not None:  # causal, real keys only; a padding query sees itself (no NaN)
             t_all = k.shape[2]
             q_pos = torch.arange(start, start + T, device=x.device)[:, None]

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from attnres import tags
-from attnres.layers.attention import apply_rotary, rotary_tables
+from attnres.layers.attention import (
+    apply_rotary,
+    max_logit_bound,
+    max_logit_slack,
+    rotary_tables,
+    tracked_max_logit,
+)
 from attnres.layers.norm import RMSNorm
 
 DECODE = ("absorbed", "naive")
@@ -55,7 +61,9 @@ class MultiHeadLatentAttention(nn.Module):
         decode: "absorbed" or "naive", the path used once the cache holds earlier tokens.
 
     Set `track_max_logit = True` to fold, in training-mode forwards, the per-head max of the
-    visible scaled logits into the buffer `max_logit` [H] for QK-Clip (docs/OPTIM.md#qk-clip).
+    visible scaled logits into the buffer `max_logit` [H] for QK-Clip (docs/OPTIM.md#qk-clip);
+    with `max_logit_tau` set as well, heads whose Cauchy–Schwarz bound stays ≤ it fold the bound
+    instead and `max_logit_exact` turns False (docs/OPTIM.md#qk-clip-tracking-cost).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_nope: int, d_rope: int, d_v: int,
@@ -81,6 +89,8 @@ class MultiHeadLatentAttention(nn.Module):
             tags.set_group(lin.weight, tags.MUON)
 
         self.track_max_logit = False
+        self.max_logit_tau: float | None = None
+        self.max_logit_exact = True
         self.register_buffer("max_logit", torch.full((n_heads,), float("-inf")),
                              persistent=False)
 
@@ -89,6 +99,7 @@ class MultiHeadLatentAttention(nn.Module):
 
     def reset_max_logit(self):
         self.max_logit.fill_(float("-inf"))
+        self.max_logit_exact = True
 
     def forward(self, x: torch.Tensor, cache: MLACache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -117,7 +128,8 @@ class MultiHeadLatentAttention(nn.Module):
         k_nope, v = kv.split([self.d_nope, self.d_v], dim=-1)               # [B, H, S, ...]
         scores = (torch.einsum("bhtn,bhsn->bhts", q_nope, k_nope)
                   + torch.einsum("bhtp,bsp->bhts", q_pe, k_pe))
-        p = self._softmax(scores, start).to(v.dtype)
+        bound = self._logit_bound((q_nope, q_pe), _sq(k_nope) + _sq(k_pe)[:, None], scores.dtype)
+        p = self._softmax(scores, start, bound).to(v.dtype)
         return p @ v
 
     def _absorbed(self, q_nope, q_pe, c, k_pe, start):
@@ -127,15 +139,27 @@ class MultiHeadLatentAttention(nn.Module):
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, W_UK)                # [B, H, T, r_kv]
         scores = (torch.einsum("bhtr,bsr->bhts", q_lat, c)
                   + torch.einsum("bhtp,bsp->bhts", q_pe, k_pe))
-        p = self._softmax(scores, start).to(c.dtype)
+        bound = self._logit_bound((q_lat, q_pe), (_sq(c) + _sq(k_pe))[:, None], scores.dtype)
+        p = self._softmax(scores, start, bound).to(c.dtype)
         o_lat = torch.einsum("bhts,bsr->bhtr", p, c)
         return torch.einsum("bhtr,hvr->bhtv", o_lat, W_UV)
 
-    def _softmax(self, scores: torch.Tensor, start: int) -> torch.Tensor:
+    def _logit_bound(self, q_parts, k_sq: torch.Tensor, scores_dtype) -> torch.Tensor | None:
+        """Each head's Cauchy–Schwarz bound on its scaled logits, from the query parts (one
+        query is their concatenation) and the keys' squared norms k_sq [B, H or 1, S]; None
+        unless this forward tracks with `max_logit_tau` set."""
+        if not (self.training and self.track_max_logit and self.max_logit_tau is not None):
+            return None
+        q_sq = sum(_sq(part) for part in q_parts)                           # [B, H, T]
+        return max_logit_bound(q_sq, k_sq, self.scale, max_logit_slack(scores_dtype))
+
+    def _softmax(self, scores: torch.Tensor, start: int,
+                 bound: torch.Tensor | None = None) -> torch.Tensor:
         """Scale, mask the future (query t sits at position start + t) and softmax in fp32+.
 
         Also where the visible logits are folded into `max_logit`: after the scale and the mask,
-        so a larger logit at a future position never counts.
+        so a larger logit at a future position never counts; heads whose `bound` is ≤
+        `max_logit_tau` fold the bound instead (`tracked_max_logit`).
         """
         T, S = scores.shape[-2:]
         acc = torch.promote_types(scores.dtype, torch.float32)
@@ -145,6 +169,15 @@ class MultiHeadLatentAttention(nn.Module):
         scores = scores.masked_fill(~visible, float("-inf"))
         if self.training and self.track_max_logit:
             with torch.no_grad():
-                batch_max = scores.amax(dim=(0, 2, 3)).to(self.max_logit.dtype)
+                def exact(heads):
+                    return (scores if heads is None else scores[:, heads]).amax(dim=(0, 2, 3))
+                batch_max = tracked_max_logit(bound, self.max_logit_tau, exact)
+                batch_max = batch_max.to(self.max_logit.dtype)
+                self.max_logit_exact &= self.max_logit_tau is None
                 torch.maximum(self.max_logit, batch_max, out=self.max_logit)
         return scores.softmax(dim=-1)
+
+
+def _sq(t: torch.Tensor) -> torch.Tensor:
+    """Squared norms over the last dim, in fp32 or wider."""
+    return t.to(torch.promote_types(t.dtype, torch.float32)).square().sum(-1)

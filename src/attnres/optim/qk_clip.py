@@ -12,7 +12,10 @@ Per-head rules (the logit scales by exactly γ_h):
 - dense GQA (a K head shared by several query heads): q_proj rows of head h *= γ, K untouched.
 
 The layers collect S_max themselves (a `max_logit` [H] buffer filled in training-mode forwards
-while `track_max_logit` is set). All layers' buffers are packed into one [n_layers, H] tensor so
+while `track_max_logit` is set). With `enable_tracking(model, tau=τ)` a head whose Cauchy–Schwarz
+bound stays ≤ τ records the bound instead of recomputing q·kᵀ (docs/OPTIM.md#qk-clip-tracking-cost):
+γ is 1 either way, so the decisions and weights are those of exact tracking, but the recorded
+values are then upper bounds, and the stats say so (`exact`). All layers' buffers are packed into one [n_layers, H] tensor so
 one `all_reduce(MAX)` over the data-parallel group serves the whole model: pass it as `reduce`.
 Every rank then computes the same γ and runs the same multiplications (unconditionally, γ = 1
 for heads below τ, which leaves their weights bitwise unchanged).
@@ -42,6 +45,8 @@ class QKClipStats:
     max_logit: [n_layers, H] S_max after `reduce`.
     gamma: [n_layers, H] the factors (1 where not clipped; padding columns are not applied).
     tau: the threshold.
+    exact: whether max_logit is every head's exact S_max; False when some layer tracked with a
+        bound threshold (its heads at or below τ may hold an upper bound instead).
     """
 
     names: list[str]
@@ -49,6 +54,7 @@ class QKClipStats:
     max_logit: torch.Tensor
     gamma: torch.Tensor
     tau: float
+    exact: bool = True
 
     def _real(self) -> torch.Tensor:
         width = self.gamma.shape[1] if self.names else 0
@@ -68,9 +74,11 @@ class QKClipStats:
         return max(self.layer_max(), default=float("-inf"))
 
     def to_record(self) -> dict[str, object]:
-        """The per-step log fields of docs/OPTIM.md#qk-clip: per-layer max, clipped heads, global max."""
+        """The per-step log fields of docs/OPTIM.md#qk-clip: per-layer max, clipped heads, global
+        max; named `max_logit_bound`, `max_logit_bound_max` when not exact."""
         layer_max = self.layer_max()
-        return {"max_logit": layer_max, "max_logit_max": max(layer_max, default=float("-inf")),
+        name = "max_logit" if self.exact else "max_logit_bound"
+        return {name: layer_max, f"{name}_max": max(layer_max, default=float("-inf")),
                 "qk_clipped": self.n_clipped}
 
 
@@ -82,11 +90,14 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and callable(getattr(m, "reset_max_logit", None))]
 
 
-def enable_tracking(model: nn.Module, on: bool = True) -> int:
-    """Set `track_max_logit` on every attention layer; returns how many there are."""
+def enable_tracking(model: nn.Module, on: bool = True, tau: float | None = None) -> int:
+    """Set `track_max_logit` on every attention layer; returns how many there are.
+
+    tau None: exact maxima. Else QK-Clip's τ: heads whose bound is ≤ τ record the bound (same
+    decisions, less work; docs/OPTIM.md#qk-clip-tracking-cost)."""
     layers = attention_layers(model)
     for _, m in layers:
-        m.track_max_logit = on
+        m.track_max_logit, m.max_logit_tau = on, tau
     return len(layers)
 
 
@@ -175,8 +186,9 @@ def apply_qk_clip(model: nn.Module, tau: float, reduce: Reduce | None = None) ->
     layers = attention_layers(model)
     max_logit = collect_max_logits(model, reduce)
     gamma = qk_clip_gamma(max_logit, tau)
+    exact = all(getattr(m, "max_logit_exact", True) for _, m in layers)
     for row, (_, m) in zip(gamma, layers):
         scale_heads_(m, row[:m.n_heads])
         m.reset_max_logit()
     return QKClipStats(names=[n for n, _ in layers], n_heads=[m.n_heads for _, m in layers],
-                       max_logit=max_logit.cpu(), gamma=gamma.cpu(), tau=float(tau))
+                       max_logit=max_logit.cpu(), gamma=gamma.cpu(), tau=float(tau), exact=exact)

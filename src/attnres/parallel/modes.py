@@ -28,6 +28,19 @@ from .distributed import (
 )
 
 
+def compile_layers(model: nn.Module) -> nn.Module:
+    """`torch.compile` each decoder layer's mixer and FFN in place (`nn.Module.compile`;
+    docs/DISTRIBUTED.md#compile). Not the whole layer, as torchtitan does: its forward takes the
+    residual stream, whose per-source caches are guarded by identity and would recompile every
+    step; nor the PreNorms, whose ε differs per sublayer (one recompile each). The depth reads,
+    norms, embedding and head run eagerly. Modules, parameter names and the checkpoint layout
+    stay as they are. Returns `model`."""
+    for layer in model.layers:
+        layer.self_attn.compile()
+        layer.mlp.compile()
+    return model
+
+
 def autocast_for(dtype: str, device_type: str) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the compute-dtype context: none for float32, else `torch.autocast`."""
     if dtype == "float32":
@@ -45,13 +58,15 @@ class Parallel:
         self.device = self._join(cfg, device)
         self.model = model.to(self.device)
         self.autocast = autocast_for(cfg.train.dtype, self.device.type)
+        if cfg.train.compile:                  # per decoder layer, before any wrapping
+            compile_layers(self.model)
         self.net = self._apply(self.model)     # what training forwards run through
 
     def _join(self, cfg, device: torch.device) -> torch.device:
         return device
 
     def _apply(self, model: nn.Module) -> nn.Module:
-        return model                           # compile would go here (and before wrapping)
+        return model
 
     # --- who does what ------------------------------------------------------------------------
 

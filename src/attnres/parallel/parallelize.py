@@ -25,9 +25,8 @@ The interface (every mode implements all of it; the trainer never asks which mod
 - `check_eval(batches)`, `autocast()`, and `checkpointer(optimizer, scheduler)`: the
   `attnres.train.checkpoint.Checkpointer` that saves and loads the single-process layout.
 
-Order of application (torchtitan's): move to the device, [compile], then DDP / FSDP2 or the
-pipeline split. `torch.compile` is not applied yet; its place is `Parallel._apply`, per decoder
-layer, before wrapping.
+Order of application (torchtitan's): move to the device, compile (`train.compile`: each decoder
+layer, `modes.compile_layers`), then DDP / FSDP2 or the pipeline split (which refuses compile).
 """
 
 from __future__ import annotations

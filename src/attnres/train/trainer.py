@@ -136,7 +136,8 @@ class Trainer:
         self._signal: int | None = None  # the first SIGINT / SIGTERM received while training
         self.has_moe = bool(moe_layers(self.model))
         self._expert_counts: dict[str, list[int]] = {}  # summed since the last log line
-        # QK-Clip (docs/OPTIM.md#qk-clip): attention layers track their per-head max logit while training.
+        # QK-Clip (docs/OPTIM.md#qk-clip): attention layers track their per-head max logit while
+        # training, exactly on logged steps, else skipping heads under their bound (train_step).
         self.qk_clip = cfg.optim.qk_clip_enabled() and enable_tracking(self.model) > 0
         # the q/k weights QK-Clip rescales (FSDP2: gathered whole around it)
         self._qk_weights = [getattr(m, n) for _, m in attention_layers(self.model)
@@ -324,6 +325,10 @@ class Trainer:
 
     def train_step(self) -> tuple[float, float, float]:
         self.model.train()
+        if self.qk_clip:  # exact maxima on the steps whose record is logged, else the bound
+            logged = (self.step + 1) % self.cfg.train.log_every == 0 \
+                or self.step + 1 == self.cfg.train.steps
+            enable_tracking(self.model, tau=None if logged else self.cfg.optim.qk_clip_tau)
         x, y = (t.to(self.device) for t in self.loader.get(self.step))
         # the loss and the norm are the global batch's, the same on every rank: all skip together
         value, grad_norm, self._step_stats = self.par.forward_backward(x, y, self._max_norm)

@@ -92,7 +92,7 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
             grow with T (docs/BACKBONE.md#kda-chunkwise-form). Chunks never straddle segments,
             so the result is the one-pass result; 0 = one segment.
 
-    The defaults C = 16, c = 4 were the fastest on a CPU (docs/BENCHMARKS.md#kda-scaling-in-t):
+    The defaults C = 16, c = 4 were the fastest on a CPU (docs/BENCHMARKS.md#kda-chunk-size):
     per token the pairwise decays of the diagonal sub-blocks cost C·c·K / C = c·K and the
     sub-chunk pairs C·K / c, so c near sqrt(C) balances them, and a smaller C shrinks both,
     while the sequential state update per chunk is only a few small matmuls.
