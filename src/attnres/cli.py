@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="pipeline micro-batches per step (parallel.microbatches; default: "
                    "the smallest M >= P dividing the batch that the schedule accepts)")
     p.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
-                   help="torch.compile each decoder layer (train.compile; default off; "
-                   "docs/DISTRIBUTED.md#compile)")
+                   help="torch.compile each decoder layer's mixer and FFN (train.compile; "
+                   "default off; docs/DISTRIBUTED.md#compile)")
 
     p = sub.add_parser("generate", help="sample text from a checkpoint")
     p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")

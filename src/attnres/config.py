@@ -161,8 +161,8 @@ class TrainConfig:
     progress: bool = True
     analysis: bool = True            # depth analyses on a validation batch after training
     tensorboard: bool = True         # written when the tensorboard package is installed
-    # torch.compile each decoder layer before DDP / FSDP2 wrapping (docs/DISTRIBUTED.md#compile);
-    # not with parallel.pp > 1
+    # torch.compile each decoder layer's mixer and FFN before DDP / FSDP2 wrapping
+    # (docs/DISTRIBUTED.md#compile); not with parallel.pp > 1
     compile: bool = False
 
 
