@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from attnres.bench.kda import _inputs
+from attnres.bench.kda import kda_inputs
 from attnres.ops.kda import chunk_kda
 
 if __name__ == "__main__":
@@ -21,7 +21,7 @@ if __name__ == "__main__":
     if a.threads:
         torch.set_num_threads(a.threads)
     B, T, H, K = (int(s) for s in a.shape.split(","))
-    x = _inputs(B, T, H, K, K, a.device)
+    x = kda_inputs(B, T, H, K, K, a.device)
     sizes = [int(c) for c in a.chunk_sizes.split(",")]
     times = {C: [] for C in sizes}
     for i in range(a.repeats + 1):                       # round 0 warms up

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from attnres.ops.kda import chunk_kda, recurrent_kda
 
 
-def _inputs(B, T, H, K, V, device, seed=0):
+def kda_inputs(B, T, H, K, V, device, seed=0) -> dict:
+    """Random KDA inputs (q, k L2-normalised; g ≤ 0; β in (0, 1)) by name, as `chunk_kda` takes them."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -54,7 +55,7 @@ def run_kda_bench(T_values=(512, 2048), B=1, H=4, K=32, V=32, device="cpu", repe
         T_values, repeats = tuple(dict.fromkeys(min(T, 256) for T in T_values)), 1
     rows = []
     for T in T_values:
-        x = _inputs(B, T, H, K, V, device)
+        x = kda_inputs(B, T, H, K, V, device)
         t_chunk = _time_fwd_bwd(chunk_kda, x, device, repeats)
         t_rec = _time_fwd_bwd(recurrent_kda, x, device, repeats)
         rows.append(dict(T=T, B=B, H=H, K=K, V=V, device=str(device),
@@ -91,7 +92,7 @@ def run_kda_scaling_bench(T_values=(512, 2048, 8192), B=1, H=4, K=64, V=64, devi
     chance alone, which read as time per token growing with T (docs/BENCHMARKS.md#kda-scaling-in-t)."""
     if quick:
         T_values, repeats, recurrent_max_T = (64, 128), 1, 128
-    inputs = {T: _inputs(B, T, H, K, V, device) for T in T_values}
+    inputs = {T: kda_inputs(B, T, H, K, V, device) for T in T_values}
     arms = {"chunk": (chunk_kda, {}), "former": (chunk_kda, FORMER),
             "recurrent": (recurrent_kda, {})}
     samples = {}
