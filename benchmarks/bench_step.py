@@ -34,8 +34,7 @@ if __name__ == "__main__":
     device = resolve_device(a.device)
     if a.qk_clip:
         shape = dict(preset="tiny", batch=2, seq=32) if a.quick else dict(preset=a.preset)
-        rows = run_qk_clip_bench(device=device, repeats=a.repeats,
-                                 arms=("off", "exact", "bound", "bound-all-over"), **shape)
+        rows = run_qk_clip_bench(device=device, repeats=a.repeats, **shape)
         print(format_qk_clip_table(rows))
     else:
         rows = run_step_bench(a.preset, variants=a.variants.split(","), device=device,

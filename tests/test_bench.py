@@ -79,3 +79,10 @@ def test_decode_kernel_count_rows():
     # the reads add kernels to every sublayer: an AttnRes arm launches more than the baseline
     assert all(r["aten_calls"] > rows[0]["aten_calls"] for r in rows[1:])
     assert "| block |" in format_decode_kernels_table(rows)
+
+
+def test_timing_statistics():
+    from attnres.bench.timing import iqr, paired_median
+    # rounds pair up: the per-round ratios are 2, 2, 3 (the medians of the arms alone give 4 / 2)
+    assert paired_median([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+    assert iqr([5.0]) == 0.0 and iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == 3.0

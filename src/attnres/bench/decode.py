@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from attnres.bench.timing import sync
 from attnres.config import ResidualConfig
 from attnres.models.dense import DenseLM, dense_config
 from attnres.models.kimi_linear import KimiLinearLM, kimi_linear_config
@@ -19,9 +20,9 @@ from attnres.models.kimi_linear import KimiLinearLM, kimi_linear_config
 BUILDERS = {"dense": (DenseLM, dense_config), "kimi-linear": (KimiLinearLM, kimi_linear_config)}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _greedy(model, tokens: torch.Tensor, cache) -> torch.Tensor:
+    """Feed `tokens` through the cache; the next token, greedily, as `generate` picks it."""
+    return model(tokens, cache=cache)[:, -1:].argmax(-1)
 
 
 @torch.no_grad()
@@ -41,17 +42,17 @@ def run_decode_bench(contexts=(256, 2048, 8192), preset: str = "tiny", new_token
             gen = torch.Generator().manual_seed(ctx)
             idx = torch.randint(0, cfg.vocab_size, (1, ctx), generator=gen).to(device)
             cache = model.new_cache()
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             for start in range(0, ctx, prefill_chunk):
                 logits = model(idx[:, start:start + prefill_chunk], cache=cache)
-            _sync(device)
+            sync(device)
             prefill_s = time.perf_counter() - t0
             nxt = logits[:, -1:].argmax(-1)
             t0 = time.perf_counter()
             for _ in range(new_tokens):
-                nxt = model(nxt, cache=cache)[:, -1:].argmax(-1)
-            _sync(device)
+                nxt = _greedy(model, nxt, cache)
+            sync(device)
             decode_s = time.perf_counter() - t0
             rows.append(dict(backbone=backbone, preset=preset, context=ctx, device=str(device),
                              prefill_tok_s=ctx / prefill_s, decode_tok_s=new_tokens / decode_s,
@@ -69,6 +70,19 @@ def format_decode_table(rows: list[dict]) -> str:
 
 
 RESIDUAL_ARMS = ("prenorm", "block", "full")
+
+
+def _residual_model(preset: str, arm: str, max_seq_len: int, device) -> DenseLM:
+    """The dense model with residual `arm`, built from seed 0 (every arm shares the backbone
+    weights), in eval mode."""
+    torch.manual_seed(0)
+    cfg = dense_config(preset, residual=ResidualConfig(arm), max_seq_len=max_seq_len)
+    return DenseLM(cfg).to(device).eval()
+
+
+def _prompt(vocab_size: int, batch: int, length: int, device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (batch, length), generator=gen).to(device)
 
 
 @torch.no_grad()
@@ -91,32 +105,26 @@ def run_residual_decode_bench(preset: str = "small", arms=RESIDUAL_ARMS, new_tok
         preset, new_tokens, prompt, rounds = "tiny", 8, 4, 1
     models = {}
     for arm in arms:
-        torch.manual_seed(0)
-        cfg = dense_config(preset, residual=ResidualConfig(arm),
-                           max_seq_len=max(prompt + new_tokens, 8))
-        models[arm] = DenseLM(cfg).to(device).eval()
+        models[arm] = _residual_model(preset, arm, max(prompt + new_tokens, 8), device)
         if reference_reads and arm != "prenorm":
-            torch.manual_seed(0)
-            ref = DenseLM(cfg).to(device).eval()
+            ref = _residual_model(preset, arm, max(prompt + new_tokens, 8), device)
             ref.residual.fast_inference = False
             models[f"{arm} (reference reads)"] = ref
     names = list(models)
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, models[names[0]].cfg.vocab_size, (batch, prompt),
-                        generator=gen).to(device)
+    idx = _prompt(models[names[0]].cfg.vocab_size, batch, prompt, device)
     times = {name: [] for name in names}
     tokens = {}
     for r in range(rounds + 1):  # round 0 warms up and is not timed
         caches = {name: models[name].new_cache() for name in names}
-        nxt = {name: models[name](idx, cache=caches[name])[:, -1:].argmax(-1) for name in names}
+        nxt = {name: _greedy(models[name], idx, caches[name]) for name in names}
         out = {name: [] for name in names}
         for step in range(new_tokens):
             k = step % len(names)
             for name in names[k:] + names[:k]:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
-                nxt[name] = models[name](nxt[name], cache=caches[name])[:, -1:].argmax(-1)
-                _sync(device)
+                nxt[name] = _greedy(models[name], nxt[name], caches[name])
+                sync(device)
                 if r:
                     times[name].append(time.perf_counter() - t0)
                 out[name].append(nxt[name])
@@ -152,18 +160,14 @@ def count_decode_kernels(preset: str = "small", arms=RESIDUAL_ARMS, new_tokens: 
     device = torch.device(device)
     rows = []
     for arm in arms:
-        torch.manual_seed(0)
-        cfg = dense_config(preset, residual=ResidualConfig(arm), max_seq_len=prompt + new_tokens + 8)
-        model = DenseLM(cfg).to(device).eval()
-        gen = torch.Generator().manual_seed(0)
-        idx = torch.randint(0, cfg.vocab_size, (1, prompt), generator=gen).to(device)
+        model = _residual_model(preset, arm, prompt + new_tokens + 8, device)
         cache = model.new_cache()
-        nxt = model(idx, cache=cache)[:, -1:].argmax(-1)
+        nxt = _greedy(model, _prompt(model.cfg.vocab_size, 1, prompt, device), cache)
         for _ in range(4):                                # warm-up, not profiled
-            nxt = model(nxt, cache=cache)[:, -1:].argmax(-1)
+            nxt = _greedy(model, nxt, cache)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(new_tokens):
-                nxt = model(nxt, cache=cache)[:, -1:].argmax(-1)
+                nxt = _greedy(model, nxt, cache)
         events = prof.key_averages()
         rows.append(dict(arm=arm, preset=preset, new_tokens=new_tokens,
                          aten_calls=sum(e.count for e in events if e.key.startswith("aten::")) / new_tokens,

@@ -6,6 +6,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from attnres.bench.timing import paired_median, sync
 from attnres.ops.kda import chunk_kda, recurrent_kda
 
 
@@ -25,21 +26,16 @@ def kda_inputs(B, T, H, K, V, device, seed=0) -> dict:
     )
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _time_fwd_bwd(op, inputs, device, repeats, **kw) -> float:
     """Best-of-`repeats` seconds for one forward and backward (after one warm-up run)."""
     leaves = {n: x.detach().requires_grad_() for n, x in inputs.items()}
     best = float("inf")
     for i in range(repeats + 1):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         o, _ = op(**leaves, **kw)
         o.sum().backward()
-        _sync(device)
+        sync(device)
         if i:                                             # run 0 is the warm-up
             best = min(best, time.perf_counter() - start)
     return best
@@ -104,13 +100,13 @@ def run_kda_scaling_bench(T_values=(512, 2048, 8192), B=1, H=4, K=64, V=64, devi
                         continue
                     for _ in range(min(8, max(1, max(T_values) // T)) if i else 1):
                         leaves = {n: t.detach().requires_grad_(backward) for n, t in x.items()}
-                        _sync(device)
+                        sync(device)
                         start = time.perf_counter()
                         with torch.set_grad_enabled(backward):
                             o, _ = op(**leaves, **kw)
                             if backward:
                                 o.sum().backward()
-                        _sync(device)
+                        sync(device)
                         key = (T, f"{name}_{'fwdbwd' if backward else 'fwd'}_us")
                         if i:
                             samples.setdefault(key, []).append(
@@ -139,4 +135,38 @@ def format_kda_scaling_table(rows) -> str:
               f"{last['chunk_fwdbwd_us'] / first['chunk_fwdbwd_us']:.2f}×; former "
               f"{last['former_fwd_us'] / first['former_fwd_us']:.2f}× and "
               f"{last['former_fwdbwd_us'] / first['former_fwdbwd_us']:.2f}×."]
+    return "\n".join(lines)
+
+
+def run_kda_chunk_size_bench(chunk_sizes=(16, 32, 64), B=8, T=256, H=8, K=32, device="cpu",
+                             repeats=20) -> list[dict]:
+    """`chunk_kda` forward + backward per chunk size C at one shape (K = V; the default is the
+    Kimi-Linear `small` preset's training shape; docs/BENCHMARKS.md#kda-chunk-size). The sizes
+    are interleaved round by round in a rotating order after one warm-up round; `ratio` is the
+    paired median over the reference size (64 when measured, else the last)."""
+    x = kda_inputs(B, T, H, K, K, device)
+    sizes = list(chunk_sizes)
+    times = {C: [] for C in sizes}
+    for i in range(repeats + 1):                          # round 0 warms up
+        for C in sizes[i % len(sizes):] + sizes[:i % len(sizes)]:
+            leaves = {n: t.detach().requires_grad_() for n, t in x.items()}
+            sync(device)
+            start = time.perf_counter()
+            o, _ = chunk_kda(**leaves, chunk_size=C)
+            o.sum().backward()
+            sync(device)
+            if i:
+                times[C].append((time.perf_counter() - start) * 1e3)
+    reference = 64 if 64 in times else sizes[-1]
+    return [dict(C=C, B=B, T=T, H=H, K=K, device=str(device), threads=torch.get_num_threads(),
+                 repeats=repeats, ms=statistics.median(times[C]), reference=reference,
+                 ratio=paired_median(times[C], times[reference])) for C in sizes]
+
+
+def format_kda_chunk_size_table(rows) -> str:
+    r = rows[0]
+    lines = [f"chunk_kda forward + backward, B×T×H×K = {r['B']}×{r['T']}×{r['H']}×{r['K']}, "
+             f"{r['device']}, {r['threads']} threads, {r['repeats']} rounds", "",
+             f"| C | ms (median) | paired time / C = {r['reference']} |", "|---:|---:|---:|"]
+    lines += [f"| {r['C']} | {r['ms']:.1f} | {r['ratio']:.2f} |" for r in rows]
     return "\n".join(lines)

@@ -13,15 +13,11 @@ import time
 import torch
 from torch import nn
 
+from attnres.bench.timing import sync
 from attnres.layers.mlp import SwiGLU
 from attnres.layers.moe import MoE
 
 ARMS = ("dense", "moe_sorted", "moe_naive")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
@@ -30,10 +26,10 @@ def _time_fwd_bwd(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     for i in range(repeats + 1):
         module.zero_grad(set_to_none=True)
         leaf = x.detach().requires_grad_()
-        _sync(x.device)
+        sync(x.device)
         start = time.perf_counter()
         module(leaf).sum().backward()
-        _sync(x.device)
+        sync(x.device)
         if i:                                             # run 0 is the warm-up
             best = min(best, time.perf_counter() - start)
     return best

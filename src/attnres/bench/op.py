@@ -13,15 +13,11 @@ import time
 import torch
 
 from attnres.bench.memory import measure_peak, saved_tensor_bytes
+from attnres.bench.timing import sync
 from attnres.ops.attnres import depth_attention
 
 IMPL_ORDER = ("naive", "recompute", "two_phase")
 QUICK = dict(n_sources=(3, 5), batch=2, seq=8, d=16, repeats=2)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _inputs(n, batch, seq, d, device, dtype, seed=0):
@@ -67,10 +63,10 @@ def run_op_bench(
         times = {impl: [] for impl in IMPL_ORDER}
         for _ in range(repeats):
             for impl in IMPL_ORDER:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 step(impl)
-                _sync(device)
+                sync(device)
                 times[impl].append((time.perf_counter() - t0) * 1e3)
 
         for impl in IMPL_ORDER:

@@ -15,17 +15,13 @@ import time
 import torch
 
 from attnres.bench.memory import measure_peak
+from attnres.bench.timing import iqr, paired_median, sync
 from attnres.config import ResidualConfig
 from attnres.models.dense import DenseLM, dense_config
 from attnres.optim import build_optimizer
 
 VARIANTS = ("prenorm", "block", "full")
 STEP_PARTS = ("forward", "backward", "optimizer")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _interleave(steps: dict, repeats: int, warmup: int, device: torch.device
@@ -41,24 +37,12 @@ def _interleave(steps: dict, repeats: int, warmup: int, device: torch.device
     for k in range(repeats):
         # a rotating order, so that no arm always runs right after the same other arm
         for name in names[k % len(names):] + names[:k % len(names)]:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             parts[name].append(steps[name]())
-            _sync(device)
+            sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
     return times, parts
-
-
-def _paired(times: list[float], base: list[float]) -> float:
-    """Median over rounds of this round's time over the base arm's."""
-    return statistics.median(t / b for t, b in zip(times, base))
-
-
-def _spread(times: list[float]) -> float:
-    if len(times) < 2:
-        return 0.0
-    q = statistics.quantiles(times, n=4)
-    return q[2] - q[0]
 
 
 def _setup(preset, name, block_size, impl, device, batch, seq, dtype):
@@ -79,16 +63,16 @@ def _setup(preset, name, block_size, impl, device, batch, seq, dtype):
         t0 = time.perf_counter()
         with autocast:
             _, loss = model(x[:, :-1], x[:, 1:])
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         loss.backward()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         opt.step()
         if after is not None:
             after()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         return tuple(1e3 * t for t in (t1 - t0, t2 - t1, time.perf_counter() - t2))
 
     return model, step
@@ -119,7 +103,7 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
             compile_layers(model)
             t0 = time.perf_counter()
             step()
-            _sync(device)
+            sync(device)
             compile_s[name + "+compile"] = time.perf_counter() - t0
             steps[name + "+compile"] = model, step
     times, parts = _interleave({n: s for n, (_, s) in steps.items()}, repeats, warmup, device)
@@ -132,20 +116,20 @@ def run_step_bench(preset: str = "small", variants=VARIANTS, block_size: int = 4
                    block_size=block_size if variant == "block" else None, impl=impl,
                    device=str(device), dtype=str(dtype).removeprefix("torch."),
                    step_ms=statistics.median(times[name]),
-                   paired_ratio=_paired(times[name], times[first]),
-                   spread_ms=_spread(times[name]),
+                   paired_ratio=paired_median(times[name], times[first]),
+                   spread_ms=iqr(times[name]),
                    peak_bytes=peak, params=sum(p.numel() for p in model.parameters()))
         for i, part in enumerate(STEP_PARTS):
             row[f"{part}_ms"] = statistics.median(p[i] for p in parts[name])
-            row[f"{part}_ratio"] = statistics.median(
-                p[i] / b[i] for p, b in zip(parts[name], parts[first]))
+            row[f"{part}_ratio"] = paired_median([p[i] for p in parts[name]],
+                                                 [b[i] for b in parts[first]])
         if name in compile_s:
-            row.update(compile_s=compile_s[name], eager_ratio=_paired(times[name], times[variant]))
+            row.update(compile_s=compile_s[name], eager_ratio=paired_median(times[name], times[variant]))
         rows.append(row)
     return rows
 
 
-QK_ARMS = ("off", "exact", "bound")
+QK_ARMS = ("off", "exact", "bound", "bound-all-over")
 
 
 def run_qk_clip_bench(preset: str = "small", batch: int = 8, seq: int | None = None,
@@ -173,7 +157,7 @@ def run_qk_clip_bench(preset: str = "small", batch: int = 8, seq: int | None = N
     times, _ = _interleave({n: s for n, (_, s) in steps.items()}, repeats, warmup, device)
     return [dict(arm=arm, preset=preset, batch=batch, seq=seq or model.cfg.max_seq_len,
                  device=str(device), tau=tau, step_ms=statistics.median(times[arm]),
-                 spread_ms=_spread(times[arm]), paired_ratio=_paired(times[arm], times[arms[0]]),
+                 spread_ms=iqr(times[arm]), paired_ratio=paired_median(times[arm], times[arms[0]]),
                  clipped_heads=sum(counts.get(arm, [])))
             for arm, (model, _) in steps.items()]
 
